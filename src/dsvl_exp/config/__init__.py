@@ -1,0 +1,1 @@
+"""Typed config schemas (registered in Hydra's ConfigStore) and command-line helpers."""

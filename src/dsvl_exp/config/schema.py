@@ -1,0 +1,193 @@
+"""Dataclass schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in `conf/<group>/` starts from its schema (`defaults: [/schema/<group>/<name>@_here_]`),
+so a misspelt key or a wrong type fails at composition with Hydra's message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from dsvl_exp.data.template import DEFAULT_SYSTEM_PROMPT
+
+
+# ---- model parts -----------------------------------------------------------------------------
+@dataclass
+class ClipVisionConfig:
+    _target_: str = "dsvl_exp.models.vision.build_clip_vision_tower"
+    pretrained: Optional[str] = None
+    image_size: int = 224
+    patch_size: int = 14
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    intermediate_size: int = 4096
+    feature_layer: int = -1
+
+
+@dataclass
+class LlamaDecoderConfig:
+    _target_: str = "dsvl_exp.models.decoder.build_llama_decoder"
+    pretrained: Optional[str] = None
+    attention: str = "causal"
+    hidden_size: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: Optional[int] = None
+    intermediate_size: int = 11008
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class BaselineProjectionConfig:
+    _target_: str = "dsvl_exp.models.projection.build_baseline_projection"
+
+
+@dataclass
+class TokenizerConfig:
+    _target_: str = "dsvl_exp.models.tokenizer.load_tokenizer"
+    # null: the decoder's own tokenizer when decoder.pretrained is set, else the bundled tiny one
+    path: Optional[str] = "${decoder.pretrained}"
+
+
+@dataclass
+class ModelConfig:
+    image_order: str = "forward"  # forward | reversed_legacy (the reference's bug #800)
+    pad_to_multiple_of: int = 8
+
+
+# ---- distributed / DeepSpeed -----------------------------------------------------------------
+@dataclass
+class ZeroConfig:
+    stage: int = 2
+    offload_optimizer: str = "none"  # none | cpu
+    offload_param: str = "none"  # none | cpu (stage 3 only)
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 50_000_000
+    allgather_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 10_000
+    stage3_max_live_parameters: int = 30_000_000
+    stage3_prefetch_bucket_size: int = 5_000_000
+
+
+@dataclass
+class LauncherConfig:
+    nproc_per_node: int = 1
+
+
+# ---- data ------------------------------------------------------------------------------------
+@dataclass
+class SyntheticDataConfig:
+    root: str = "${oc.env:DSVL_CACHE_DIR,'~/.cache/dsvl_exp'}/synthetic"
+    num_train: int = 2000
+    num_eval: int = 200
+    image_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class DatasetSpec:
+    format: str = "native"
+    path: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    synthetic: Optional[SyntheticDataConfig] = None
+    train: List[DatasetSpec] = field(default_factory=list)
+    eval: List[DatasetSpec] = field(default_factory=list)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    num_workers: int = 0
+
+
+# ---- training --------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    max_steps: Optional[int] = 300  # optimizer steps; when null, `epochs` decides
+    epochs: Optional[int] = None
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    gradient_clipping: float = 1.0
+    # what trains: true | false | auto (auto: only when randomly initialised)
+    vision: Any = "auto"
+    projection: Any = True
+    embeddings: Any = True
+    decoder: Any = "auto"
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    embedding_lr: Optional[float] = None  # the reference's learning_rate_pretraining_components
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    scheduler: str = "cosine"  # any transformers SchedulerType name
+    warmup_ratio: float = 0.05
+    warmup_steps: Optional[int] = None  # overrides warmup_ratio when set
+
+
+@dataclass
+class EvalConfig:
+    every_n_steps: Optional[int] = 100
+    at_start: bool = False
+    max_batches: Optional[int] = None
+    batch_size: int = 16
+    generation: bool = True
+    max_new_tokens: int = 8
+    max_conversations: Optional[int] = None
+    monitor: str = "eval/accuracy"  # the metric the task returns (Optuna optimises it)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # offline | online | disabled
+    project: str = "dsvl_exp"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    console: bool = True
+
+
+@dataclass
+class Config:
+    vision: Any = MISSING
+    decoder: Any = MISSING
+    projection: Any = MISSING
+    zero: ZeroConfig = MISSING
+    data: DataConfig = MISSING
+    logger: LoggerConfig = MISSING
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="schema/vision", name="clip", node=ClipVisionConfig)
+    cs.store(group="schema/decoder", name="llama", node=LlamaDecoderConfig)
+    cs.store(group="schema/projection", name="baseline", node=BaselineProjectionConfig)
+    cs.store(group="schema/zero", name="zero", node=ZeroConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)

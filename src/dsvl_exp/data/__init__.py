@@ -1,0 +1,1 @@
+"""Data: conversation formats, the DeepSpeed-VisualChat template, datasets, collation, synthetic data."""

@@ -1,0 +1,38 @@
+"""Batching: right padding to a multiple of 8, images stacked with per-sample counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dsvl_exp.data.template import IGNORE_INDEX
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class DataCollator:
+    pad_token_id: int
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, samples: list[dict]) -> dict:
+        length = round_up(max(len(s["input_ids"]) for s in samples), self.pad_to_multiple_of)
+        batch = len(samples)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            input_ids[row, :n] = sample["input_ids"]
+            labels[row, :n] = sample["labels"]
+            attention_mask[row, :n] = 1
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "images": torch.cat([s["images"] for s in samples], dim=0),
+            "image_num": [int(s["images"].shape[0]) for s in samples],
+        }

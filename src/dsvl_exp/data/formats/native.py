@@ -1,0 +1,81 @@
+"""The project's native format: JSONL, one conversation per line.
+
+    {"id": "c1", "images": ["img/a.png", "img/b.png"],
+     "rounds": [{"question": "<image>\\n<image>\\nWhat differs?", "answer": "The colour."},
+                {"question": "And the shape?", "answer": "Both are circles."}]}
+
+Each `<image>` in a round's question shows the next image of `images` in that round's image
+block; image paths are relative to the JSONL file (absolute paths and `base64:` data also
+work). Rounds and whole conversations without images are allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dsvl_exp.data.conversation import Conversation, Round
+from dsvl_exp.data.errors import DataError
+from dsvl_exp.data.template import IMAGE_TOKEN
+
+
+def _strip_image_tokens(question: str) -> tuple[str, int]:
+    count = question.count(IMAGE_TOKEN)
+    text = question.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")
+    return text.strip(), count
+
+
+def resolve_image(entry: str, base_dir: Path) -> str:
+    if entry.startswith("base64:"):
+        return entry
+    path = Path(entry)
+    return str(path if path.is_absolute() else base_dir / path)
+
+
+def parse_record(record: dict, where: str, base_dir: Path) -> Conversation:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    rounds_raw = record.get("rounds")
+    if not isinstance(rounds_raw, list) or not rounds_raw:
+        raise DataError(f"{where}: field 'rounds' must be a non-empty list of {{question, answer}}")
+    images_raw = record.get("images", [])
+    if not isinstance(images_raw, list) or not all(isinstance(i, str) for i in images_raw):
+        raise DataError(f"{where}: field 'images' must be a list of paths or base64: strings")
+    rounds = []
+    for k, item in enumerate(rounds_raw):
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise DataError(f"{where}: rounds[{k}] needs a string 'question'")
+        answer = item.get("answer")
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataError(f"{where}: rounds[{k}].answer is empty or missing; every round needs an answer to train on")
+        question, count = _strip_image_tokens(item["question"])
+        rounds.append(Round(question=question, answer=answer.strip(), num_images=count))
+    placeholders = sum(r.num_images for r in rounds)
+    if placeholders != len(images_raw):
+        raise DataError(
+            f"{where}: {placeholders} '{IMAGE_TOKEN}' placeholder(s) in the questions but "
+            f"{len(images_raw)} image(s) in 'images'; they must match one to one"
+        )
+    conv_id = str(record.get("id", where))
+    images = tuple(resolve_image(i, base_dir) for i in images_raw)
+    return Conversation(id=conv_id, images=images, rounds=tuple(rounds), source=str(where))
+
+
+def read_native_jsonl(path: str | Path) -> list[Conversation]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    conversations = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno}); fix or remove the line") from None
+            conversations.append(parse_record(record, where, path.parent))
+    if not conversations:
+        raise DataError(f"{path}: no conversations in the file")
+    return conversations

@@ -1,0 +1,1 @@
+"""Models: vision encoders, projections, the LLaMA decoder and the composed DSVLModel."""

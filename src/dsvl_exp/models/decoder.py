@@ -1,0 +1,46 @@
+"""The LLaMA decoder, from a pretrained folder or built from architecture values."""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ATTENTION_CHOICES = ("causal",)
+
+
+def build_llama_decoder(
+    vocab_size: int,
+    pretrained: str | None = None,
+    attention: str = "causal",
+    hidden_size: int = 4096,
+    num_layers: int = 32,
+    num_heads: int = 32,
+    num_kv_heads: int | None = None,
+    intermediate_size: int = 11008,
+    max_position_embeddings: int = 4096,
+    rms_norm_eps: float = 1e-5,
+    rope_theta: float = 10000.0,
+) -> LlamaForCausalLM:
+    """`vocab_size` is the extended tokenizer's length; pretrained embeddings are resized to it.
+
+    Architecture values are ignored when `pretrained` is given (its config.json rules)."""
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"decoder.attention={attention!r} is not one of {ATTENTION_CHOICES}")
+    if pretrained:
+        model = LlamaForCausalLM.from_pretrained(pretrained)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads or num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            rms_norm_eps=rms_norm_eps,
+            rope_theta=rope_theta,
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(config)
+    if model.get_input_embeddings().weight.shape[0] != vocab_size:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    return model

@@ -1,0 +1,152 @@
+"""DSVLModel: vision tower -> projection -> splice into text embeddings -> LLaMA decoder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsvl_exp.data.template import IGNORE_INDEX
+from dsvl_exp.models.splice import SplicedBatch, splice_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DSVLOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    num_supervised_tokens: int = 0
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Token-mean cross-entropy over supervised positions (fp32). No supervised token gives 0
+    (with a warning) rather than the reference's NaN."""
+    shift_logits = logits[:, :-1]
+    shift_labels = labels[:, 1:]
+    supervised = shift_labels != IGNORE_INDEX
+    count = int(supervised.sum().item())
+    if count == 0:
+        log.warning("batch has no supervised (answer) token; its loss is 0")
+        return logits.sum() * 0.0, 0
+    loss = F.cross_entropy(shift_logits[supervised].float(), shift_labels[supervised])
+    return loss, count
+
+
+class DSVLModel(nn.Module):
+    """The composed model.
+
+    The decoder's own input-embedding table is the trainable "language embedding" the
+    reference keeps as a separate copy (`lang_embed`): with one table, tokens produced by
+    `generate` are embedded with the same weights that training updated.
+    """
+
+    def __init__(
+        self,
+        vision: nn.Module,
+        projection: nn.Module,
+        decoder: nn.Module,
+        image_token_id: int,
+        pad_token_id: int,
+        eos_token_id: int,
+        image_order: str = "forward",
+        pad_to_multiple_of: int = 8,
+    ):
+        super().__init__()
+        self.vision = vision
+        self.projection = projection
+        self.decoder = decoder
+        self.image_token_id = image_token_id
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        self.image_order = image_order
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.decoder.get_input_embeddings()
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.projection.output_tokens(self.vision.num_tokens)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[num_images, 3, H, W] -> [num_images, tokens_per_image, decoder hidden]."""
+        hidden = self.embed_tokens.embedding_dim
+        if images.shape[0] == 0:
+            return torch.zeros(0, self.tokens_per_image, hidden, dtype=self.embed_tokens.weight.dtype, device=images.device)
+        vision_trains = any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and vision_trains):
+            features = self.vision(images)
+        return self.projection(features.to(next(self.projection.parameters()).dtype))
+
+    def splice(self, images, input_ids, attention_mask, image_num, labels=None, padding_side="right", pad_to_multiple_of=None) -> SplicedBatch:
+        text_embeds = self.embed_tokens(input_ids)
+        pad_embedding = self.embed_tokens.weight[self.pad_token_id].detach()
+        return splice_images(
+            text_embeds=text_embeds,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_embeds=self.encode_images(images),
+            image_num=list(image_num),
+            image_token_id=self.image_token_id,
+            pad_embedding=pad_embedding,
+            labels=labels,
+            image_order=self.image_order,
+            pad_to_multiple_of=self.pad_to_multiple_of if pad_to_multiple_of is None else pad_to_multiple_of,
+            padding_side=padding_side,
+        )
+
+    def forward(self, images, input_ids, attention_mask, labels=None, image_num=None) -> DSVLOutput:
+        """Reference I/O: images [total_images, 3, H, W], image_num a per-sample list."""
+        if image_num is None:
+            image_num = [int(images.shape[0])] if input_ids.shape[0] == 1 else None
+            if image_num is None:
+                raise ValueError("image_num (images per sample) is required for a batch of more than one sample")
+        spliced = self.splice(images, input_ids, attention_mask, image_num, labels=labels)
+        logits = self.decoder(
+            inputs_embeds=spliced.embeds,
+            attention_mask=(spliced.attention_mask > 0).long(),
+            position_ids=spliced.position_ids,
+            use_cache=False,
+        ).logits
+        if labels is None:
+            return DSVLOutput(loss=None, logits=logits)
+        loss, count = causal_lm_loss(logits, spliced.labels)
+        return DSVLOutput(loss=loss, logits=logits, num_supervised_tokens=count)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_num: list[int],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        synced_gpus: bool = False,
+    ) -> list[list[int]]:
+        """Continue a left-padded batch of prompts; returns the new token ids of each, cut at EOS."""
+        spliced = self.splice(images, input_ids, attention_mask, image_num, padding_side="left", pad_to_multiple_of=1)
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        output = self.decoder.generate(
+            inputs_embeds=spliced.embeds,
+            attention_mask=(spliced.attention_mask > 0).long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            synced_gpus=synced_gpus,
+            **sampling,
+        )
+        results = []
+        for row in output.tolist():
+            if self.eos_token_id in row:
+                row = row[: row.index(self.eos_token_id)]
+            results.append(row)
+        return results

@@ -1,0 +1,107 @@
+"""The DeepSpeed engine: its config from the `zero` group, AdamW parameter groups, schedule."""
+
+from __future__ import annotations
+
+import math
+
+import deepspeed
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+
+def deepspeed_config(
+    zero: dict,
+    micro_batch_size: int,
+    grad_accum: int,
+    world_size: int,
+    precision: str,
+    gradient_clipping: float,
+) -> dict:
+    stage = int(zero["stage"])
+    zero_optimization = {
+        "stage": stage,
+        "overlap_comm": zero["overlap_comm"],
+        "contiguous_gradients": zero["contiguous_gradients"],
+        "reduce_bucket_size": zero["reduce_bucket_size"],
+        "allgather_bucket_size": zero["allgather_bucket_size"],
+    }
+    if zero["offload_optimizer"] != "none":
+        zero_optimization["offload_optimizer"] = {"device": zero["offload_optimizer"]}
+    if stage == 3:
+        zero_optimization.update(
+            stage3_param_persistence_threshold=zero["stage3_param_persistence_threshold"],
+            stage3_max_live_parameters=zero["stage3_max_live_parameters"],
+            stage3_prefetch_bucket_size=zero["stage3_prefetch_bucket_size"],
+        )
+        if zero["offload_param"] != "none":
+            zero_optimization["offload_param"] = {"device": zero["offload_param"]}
+    elif zero["offload_param"] != "none":
+        raise ValueError("zero.offload_param needs ZeRO stage 3 (zero=3); stage 2 keeps parameters on every rank")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision={precision!r}: expected fp32, bf16 or fp16")
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": gradient_clipping,
+        "zero_optimization": zero_optimization,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "loss_scale_window": 100},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,  # the loop logs; keep DeepSpeed's own printing quiet
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(model: nn.Module, lr: float, embedding_lr: float | None, weight_decay: float) -> list[dict]:
+    """decay / no-decay x base / embedding learning rate, over trainable parameters.
+
+    No decay for every 1-D tensor (biases and norm weights, whatever their module is called;
+    the reference matched names and so decayed its projection's LayerNorm)."""
+    embedding_params = {id(p) for p in model.decoder.get_input_embeddings().parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (param.ndim >= 2, id(param) in embedding_params)
+        groups.setdefault(key, []).append(param)
+    result = []
+    for (decay, is_embedding), params in sorted(groups.items()):
+        result.append({
+            "params": params,
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr": embedding_lr if (is_embedding and embedding_lr is not None) else lr,
+            "name": f"{'embedding' if is_embedding else 'base'}/{'decay' if decay else 'no_decay'}",
+        })
+    if not result:
+        raise ValueError("nothing to train: every parameter is frozen (see train.vision/projection/embeddings/decoder)")
+    return result
+
+
+def warmup_steps_for(total_steps: int, warmup_ratio: float, warmup_steps: int | None) -> int:
+    if warmup_steps is not None:
+        return int(warmup_steps)
+    if not 0.0 <= warmup_ratio <= 1.0:
+        raise ValueError(f"optim.warmup_ratio={warmup_ratio} must be in [0, 1]; use optim.warmup_steps for a step count")
+    return math.ceil(total_steps * warmup_ratio)
+
+
+def build_engine(
+    model: nn.Module,
+    groups: list[dict],
+    lr: float,
+    betas: list[float],
+    eps: float,
+    scheduler: str,
+    total_steps: int,
+    warmup_steps: int,
+    ds_config: dict,
+):
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    lr_scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
+    )
+    return engine, lr_scheduler

@@ -1,0 +1,199 @@
+"""One training run on this rank: build everything from the resolved config, train, evaluate.
+
+This is the recipe layer: it reads the config and hands flat values to builders; models, data
+and the loop never see the config object."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+from transformers import set_seed
+
+from dsvl_exp.data.build import build_conversations
+from dsvl_exp.data.collate import DataCollator
+from dsvl_exp.data.dataset import ConversationDataset
+from dsvl_exp.data.template import ChatTemplate
+from dsvl_exp.models.dsvl import DSVLModel
+from dsvl_exp.models.freezing import apply_freezing, count_parameters, resolve_trainable
+from dsvl_exp.models.tokenizer import image_token_id
+from dsvl_exp.training import distributed
+from dsvl_exp.training.engine import build_engine, deepspeed_config, parameter_groups, warmup_steps_for
+from dsvl_exp.training.evaluation import evaluate_answers, evaluate_loss
+from dsvl_exp.training.logging import MetricsLogger
+from dsvl_exp.training.loop import train_loop
+from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, tokenizer) -> DSVLModel:
+    log.info("Instantiating vision <%s>", cfg.vision._target_)
+    vision = instantiate(cfg.vision)
+    log.info("Instantiating decoder <%s>", cfg.decoder._target_)
+    decoder = instantiate(cfg.decoder, vocab_size=len(tokenizer))
+    log.info("Instantiating projection <%s>", cfg.projection._target_)
+    projection = instantiate(
+        cfg.projection, vision_hidden_size=vision.hidden_size, decoder_hidden_size=decoder.config.hidden_size
+    )
+    return DSVLModel(
+        vision=vision,
+        projection=projection,
+        decoder=decoder,
+        image_token_id=image_token_id(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        image_order=cfg.model.image_order,
+        pad_to_multiple_of=cfg.model.pad_to_multiple_of,
+    )
+
+
+def check_monitor(monitor: str, generation: bool) -> None:
+    """Fail before training, not after it, when the returned metric will not exist."""
+    available = ["train/loss", "eval/loss"] + (["eval/accuracy"] if generation else [])
+    if monitor not in available:
+        raise ValueError(f"eval.monitor={monitor!r} will not be logged; choose one of {available}"
+                         + ("" if generation else " (eval/accuracy needs eval.generation=true)"))
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> float:
+    check_monitor(cfg.eval.monitor, cfg.eval.generation)
+    distributed.init_process_group()
+    rank_zero = distributed.is_rank_zero()
+    world = distributed.world_size()
+    device = distributed.device()
+    if rank_zero:
+        print_config_tree(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    set_seed(cfg.seed)
+
+    # ---- model -------------------------------------------------------------------------------
+    tokenizer = instantiate(cfg.tokenizer)
+    model = build_model(cfg, tokenizer)
+    apply_freezing(
+        model,
+        vision=resolve_trainable(cfg.train.vision, cfg.vision.pretrained, "train.vision"),
+        projection=resolve_trainable(cfg.train.projection, None, "train.projection"),
+        embeddings=resolve_trainable(cfg.train.embeddings, cfg.decoder.pretrained, "train.embeddings"),
+        decoder=resolve_trainable(cfg.train.decoder, cfg.decoder.pretrained, "train.decoder"),
+    )
+    parameter_counts = count_parameters(model)
+    if rank_zero:
+        print_parameter_table(parameter_counts)
+        (run_dir / "parameters.json").write_text(json.dumps(parameter_counts, indent=2))
+
+    # ---- data --------------------------------------------------------------------------------
+    train_conversations, eval_conversations = build_conversations(
+        synthetic=OmegaConf.to_container(cfg.data.synthetic, resolve=True) if cfg.data.synthetic else None,
+        train=OmegaConf.to_container(cfg.data.train, resolve=True),
+        eval=OmegaConf.to_container(cfg.data.eval, resolve=True),
+    )
+    template = ChatTemplate(system_prompt=cfg.data.system_prompt)
+    processor = model.vision.image_processor
+    train_set = ConversationDataset(train_conversations, tokenizer, processor, template)
+    eval_set = ConversationDataset(eval_conversations, tokenizer, processor, template)
+    collator = DataCollator(tokenizer.pad_token_id, pad_to_multiple_of=cfg.model.pad_to_multiple_of)
+    rank = distributed.rank()
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.train.micro_batch_size,
+        sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True),
+        collate_fn=collator,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+    )
+    eval_loader = DataLoader(
+        eval_set,
+        batch_size=cfg.eval.batch_size,
+        sampler=DistributedSampler(eval_set, num_replicas=world, rank=rank, shuffle=False),
+        collate_fn=collator,
+        num_workers=cfg.data.num_workers,
+    )
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"{len(train_set)} training conversations give no full batch of "
+            f"train.micro_batch_size={cfg.train.micro_batch_size} x {world} rank(s); lower the batch size or add data"
+        )
+
+    # ---- engine ------------------------------------------------------------------------------
+    if cfg.train.max_steps is not None:
+        max_steps = int(cfg.train.max_steps)
+    elif cfg.train.epochs is not None:
+        max_steps = int(cfg.train.epochs) * math.ceil(len(train_loader) / cfg.train.grad_accum)
+    else:
+        raise ValueError("set train.max_steps or train.epochs")
+    ds_config = deepspeed_config(
+        zero=OmegaConf.to_container(cfg.zero, resolve=True),
+        micro_batch_size=cfg.train.micro_batch_size,
+        grad_accum=cfg.train.grad_accum,
+        world_size=world,
+        precision=cfg.train.precision,
+        gradient_clipping=cfg.train.gradient_clipping,
+    )
+    groups = parameter_groups(model, cfg.optim.lr, cfg.optim.embedding_lr, cfg.optim.weight_decay)
+    engine, lr_scheduler = build_engine(
+        model,
+        groups,
+        lr=cfg.optim.lr,
+        betas=list(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        scheduler=cfg.optim.scheduler,
+        total_steps=max_steps,
+        warmup_steps=warmup_steps_for(max_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps),
+        ds_config=ds_config,
+    )
+
+    # ---- train -------------------------------------------------------------------------------
+    logger = MetricsLogger(
+        run_dir,
+        wandb_settings=OmegaConf.to_container(cfg.logger.wandb, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        enabled=rank_zero,
+    )
+    synced_gpus = int(cfg.zero.stage) == 3 and world > 1
+    eval_conversation_subset = eval_conversations[: cfg.eval.max_conversations]
+
+    def evaluate(step: int) -> dict:
+        metrics = {"eval/loss": evaluate_loss(engine, eval_loader, device, cfg.eval.max_batches)}
+        if cfg.eval.generation and eval_conversation_subset:
+            accuracy, examples = evaluate_answers(
+                engine.module, eval_conversation_subset, tokenizer, template, eval_set.pixel_values, device,
+                batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, synced_gpus=synced_gpus,
+            )
+            metrics["eval/accuracy"] = accuracy
+            if rank_zero and examples:
+                log.info("step %d eval examples: %s", step, examples[:3])
+        return metrics
+
+    if cfg.eval.at_start:
+        logger.log(evaluate(0), step=0)
+    last_train = train_loop(
+        engine,
+        lr_scheduler,
+        train_loader,
+        device,
+        logger,
+        evaluate,
+        max_steps=max_steps,
+        grad_accum=cfg.train.grad_accum,
+        tokens_per_image=model.tokens_per_image,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        eval_every_n_steps=cfg.eval.every_n_steps,
+        show_progress=cfg.train.progress_bar and rank_zero,
+    )
+    final_eval = evaluate(max_steps)
+    logger.log(final_eval, step=max_steps)
+    summary = {**last_train, **final_eval, "steps": max_steps}
+    logger.summary(summary)
+    logger.close()
+    if rank_zero:
+        print_summary(run_dir, summary)
+    return float(summary[cfg.eval.monitor])

@@ -1,0 +1,51 @@
+"""Test environment: offline, no W&B, one thread, everything written under pytest's tmp dirs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory):
+    """Synthetic data and any other cache go to a per-session temp dir, never $HOME."""
+    path = tmp_path_factory.mktemp("dsvl_cache")
+    os.environ["DSVL_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from dsvl_exp.models.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+def build_tiny_model(tokenizer, image_order="forward", seed=0):
+    from dsvl_exp.models.decoder import build_llama_decoder
+    from dsvl_exp.models.dsvl import DSVLModel
+    from dsvl_exp.models.projection import build_baseline_projection
+    from dsvl_exp.models.tokenizer import image_token_id
+    from dsvl_exp.models.vision import build_clip_vision_tower
+
+    torch.manual_seed(seed)
+    vision = build_clip_vision_tower(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    decoder = build_llama_decoder(len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=512)
+    projection = build_baseline_projection(32, 32)
+    return DSVLModel(vision, projection, decoder, image_token_id(tokenizer), tokenizer.pad_token_id,
+                     tokenizer.eos_token_id, image_order=image_order)
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    return build_tiny_model(tokenizer)
