@@ -110,7 +110,7 @@ class DataConfig:
 # ---- training --------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    max_steps: Optional[int] = 300  # optimizer steps; when null, `epochs` decides
+    max_steps: Optional[int] = 1500  # optimizer steps; when null, `epochs` decides
     epochs: Optional[int] = None
     micro_batch_size: int = 8
     grad_accum: int = 1
@@ -139,7 +139,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    every_n_steps: Optional[int] = 100
+    every_n_steps: Optional[int] = 500
     at_start: bool = False
     max_batches: Optional[int] = None
     batch_size: int = 16
