@@ -22,7 +22,7 @@ def build_from(cfg):
         synthetic=OmegaConf.to_container(data.synthetic, resolve=True) if data.synthetic else None,
         train=OmegaConf.to_container(data.train, resolve=True), eval=OmegaConf.to_container(data.eval, resolve=True),
         data_path=data.data_path, eval_split=data.eval_split, max_images_per_sample=data.max_images_per_sample,
-        on_missing_image=data.on_missing_image, seed=cfg.seed,
+        on_missing_image=data.on_missing_image, verify_images=data.verify_images, seed=cfg.seed,
     )
 
 

@@ -102,6 +102,9 @@ def test_corrupt_image_fails_before_training(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"d\.jsonl:1: unreadable or corrupt image .*: .*bad\.png \(sample s1\)"):
         build_conversations(None, native_file(tmp_path, [sample("s1", ["bad.png"])]), [])
+    lenient = build_conversations(None, native_file(tmp_path, [sample("s1", ["bad.png"])]), [], verify_images=False)
+    with pytest.raises(DataError, match=r"sample s1: cannot read image .*bad\.png"):  # then it fails when loaded
+        load_image(lenient.train[0].images[0], "s1")
 
 
 def test_more_images_than_the_limit_fails(tmp_path):

@@ -112,6 +112,7 @@ class DataConfig:
     max_images_per_sample: int = 8
     max_seq_len: Optional[int] = 4096  # decoder tokens, each image counting tokens_per_image
     on_missing_image: str = "error"  # error | skip (counted and logged)
+    verify_images: bool = True  # read every image file's header before training (false: existence only)
     group_by_length: bool = False
     debug_dump: int = 0  # write the first N rendered training samples to <run dir>/debug_samples
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

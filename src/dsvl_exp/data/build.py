@@ -39,8 +39,8 @@ def spec_path(spec: dict, data_path: str | None) -> Path:
     return Path(path).expanduser()
 
 
-def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_image: str, rng: random.Random,
-             built: BuiltData) -> list[Conversation]:
+def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_image: str, verify_images: bool,
+             rng: random.Random, built: BuiltData) -> list[Conversation]:
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise DataError(f"dataset {spec.get('format')!r}: unknown key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
@@ -50,7 +50,7 @@ def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_imag
     image_dir = Path(spec["image_dir"]).expanduser() if spec.get("image_dir") else None
     loaded = reader(path, rng, max_images, image_dir)
     built.annotation_files += loaded.annotation_files
-    conversations, skipped = check_image_files(loaded.conversations, on_missing_image)
+    conversations, skipped = check_image_files(loaded.conversations, on_missing_image, verify_images)
     built.skipped_missing_image += skipped
     if skipped:
         log.warning("dataset %s (%s): skipped %d sample(s) with a missing image (data.on_missing_image=skip)", name, path, skipped)
@@ -72,6 +72,7 @@ def build_conversations(
     eval_split: float = 0.0,
     max_images_per_sample: int = 8,
     on_missing_image: str = "error",
+    verify_images: bool = True,
     seed: int = 0,
 ) -> BuiltData:
     train_specs, eval_specs = list(train), list(eval)
@@ -88,7 +89,7 @@ def build_conversations(
         for index, spec in enumerate(specs):
             # One generator per dataset: adding a dataset never changes another's draws.
             rng = random.Random(f"{seed}/{role}/{index}/{spec.get('format')}")
-            conversations += read_one(dict(spec), data_path, max_images_per_sample, on_missing_image, rng, built)
+            conversations += read_one(dict(spec), data_path, max_images_per_sample, on_missing_image, verify_images, rng, built)
         return conversations
 
     blend = read_all(train_specs, "train")

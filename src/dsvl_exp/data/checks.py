@@ -24,12 +24,14 @@ def check_images_per_sample(conversations: Sequence[Conversation], max_images: i
             )
 
 
-def image_problem(entry: str) -> str | None:
-    """Why a path image cannot be used, or None. Reads only the file header (cheap)."""
+def image_problem(entry: str, read_header: bool = True) -> str | None:
+    """Why a path image cannot be used, or None. Reads at most the file header."""
     if entry.startswith("base64:"):
         return None  # decoded lazily when the sample is loaded
     if not Path(entry).is_file():
         return "image file not found"
+    if not read_header:
+        return None
     try:
         with Image.open(entry):
             return None
@@ -37,16 +39,18 @@ def image_problem(entry: str) -> str | None:
         return f"unreadable or corrupt image ({error})"
 
 
-def check_image_files(conversations: Sequence[Conversation], on_missing_image: str) -> tuple[list[Conversation], int]:
+def check_image_files(conversations: Sequence[Conversation], on_missing_image: str,
+                      read_headers: bool = True) -> tuple[list[Conversation], int]:
     """Conversations whose images all exist, and how many were skipped (policy `skip`).
 
     A missing file fails under `error` and is skipped (counted, logged) under `skip`; a
-    corrupt file always fails."""
+    corrupt file always fails. `read_headers=False` only checks that files exist (for very
+    large sets on slow storage; a corrupt image then fails when its sample is loaded)."""
     if on_missing_image not in MISSING_IMAGE_POLICIES:
         raise DataError(f"data.on_missing_image={on_missing_image!r}; choose one of {MISSING_IMAGE_POLICIES}")
     kept, skipped = [], 0
     for conversation in conversations:
-        problems = [(entry, image_problem(entry)) for entry in conversation.images]
+        problems = [(entry, image_problem(entry, read_headers)) for entry in conversation.images]
         problems = [(entry, problem) for entry, problem in problems if problem]
         if not problems:
             kept.append(conversation)

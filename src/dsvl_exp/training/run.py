@@ -103,6 +103,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         eval_split=cfg.data.eval_split,
         max_images_per_sample=cfg.data.max_images_per_sample,
         on_missing_image=cfg.data.on_missing_image,
+        verify_images=cfg.data.verify_images,
         seed=cfg.seed,
     )
     template = ChatTemplate(system_prompt=cfg.data.system_prompt)
