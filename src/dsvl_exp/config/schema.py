@@ -94,8 +94,12 @@ class SyntheticDataConfig:
 
 @dataclass
 class DatasetSpec:
-    format: str = "native"
-    path: str = MISSING
+    format: str = "native"  # native | llava_json | a reference dataset name (aokvqa, llava, ...)
+    path: Optional[str] = None  # the file, or the reference data root (null: data.data_path)
+    image_dir: Optional[str] = None  # where relative image paths point (null: the format's default)
+    samples: Any = "all"  # all | a count drawn without replacement (after concatenation)
+    weight: Optional[float] = None  # or a sampling ratio of the dataset's size (2.0 = twice)
+    concatenate: int = 1  # up to N samples joined into one multi-image, multi-round sample
 
 
 @dataclass
@@ -103,6 +107,14 @@ class DataConfig:
     synthetic: Optional[SyntheticDataConfig] = None
     train: List[DatasetSpec] = field(default_factory=list)
     eval: List[DatasetSpec] = field(default_factory=list)
+    data_path: Optional[str] = None  # root of the reference datasets' layout
+    eval_split: float = 0.0  # fraction of the training blend held out for eval (reference: 0.1)
+    max_images_per_sample: int = 8
+    max_seq_len: Optional[int] = 4096  # decoder tokens, each image counting tokens_per_image
+    on_missing_image: str = "error"  # error | skip (counted and logged)
+    verify_images: bool = True  # read every image file's header before training (false: existence only)
+    group_by_length: bool = False
+    debug_dump: int = 0  # write the first N rendered training samples to <run dir>/debug_samples
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     num_workers: int = 0
 

@@ -20,6 +20,10 @@ from transformers import set_seed
 from dsvl_exp.data.build import build_conversations
 from dsvl_exp.data.collate import DataCollator
 from dsvl_exp.data.dataset import ConversationDataset
+from dsvl_exp.data.debug_dump import dump_samples
+from dsvl_exp.data.fingerprint import data_fingerprint
+from dsvl_exp.data.length import fit_to_max_seq_len
+from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.dsvl import DSVLModel
 from dsvl_exp.models.freezing import apply_freezing, count_parameters, resolve_trainable
@@ -91,21 +95,48 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         (run_dir / "parameters.json").write_text(json.dumps(parameter_counts, indent=2))
 
     # ---- data --------------------------------------------------------------------------------
-    train_conversations, eval_conversations = build_conversations(
+    data = build_conversations(
         synthetic=OmegaConf.to_container(cfg.data.synthetic, resolve=True) if cfg.data.synthetic else None,
         train=OmegaConf.to_container(cfg.data.train, resolve=True),
         eval=OmegaConf.to_container(cfg.data.eval, resolve=True),
+        data_path=cfg.data.data_path,
+        eval_split=cfg.data.eval_split,
+        max_images_per_sample=cfg.data.max_images_per_sample,
+        on_missing_image=cfg.data.on_missing_image,
+        verify_images=cfg.data.verify_images,
+        seed=cfg.seed,
     )
     template = ChatTemplate(system_prompt=cfg.data.system_prompt)
+    fitted_train, fitted_eval = (
+        fit_to_max_seq_len(conversations, tokenizer, template, model.tokens_per_image, cfg.data.max_seq_len, split)
+        for conversations, split in ((data.train, "train"), (data.eval, "eval"))
+    )
+    train_conversations, eval_conversations = fitted_train.conversations, fitted_eval.conversations
+    data_stats = {
+        "data/train_samples": len(train_conversations), "data/eval_samples": len(eval_conversations),
+        "data/truncated": fitted_train.truncated + fitted_eval.truncated,
+        "data/dropped_too_long": fitted_train.dropped + fitted_eval.dropped,
+        "data/skipped_missing_image": data.skipped_missing_image,
+    }
+    log.info("data: %s", data_stats)
+    if rank_zero:
+        fingerprint = data_fingerprint(data.annotation_files, train_conversations, eval_conversations, template, tokenizer)
+        (run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+        if cfg.data.debug_dump:
+            dump_samples(train_conversations, template, tokenizer.eos_token, cfg.data.debug_dump, run_dir)
     processor = model.vision.image_processor
     train_set = ConversationDataset(train_conversations, tokenizer, processor, template)
     eval_set = ConversationDataset(eval_conversations, tokenizer, processor, template)
     collator = DataCollator(tokenizer.pad_token_id, pad_to_multiple_of=cfg.model.pad_to_multiple_of)
     rank = distributed.rank()
+    if cfg.data.group_by_length:
+        train_sampler = LengthGroupedSampler(fitted_train.lengths, cfg.train.micro_batch_size, world, rank, seed=cfg.seed)
+    else:
+        train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     train_loader = DataLoader(
         train_set,
         batch_size=cfg.train.micro_batch_size,
-        sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True),
+        sampler=train_sampler,
         collate_fn=collator,
         num_workers=cfg.data.num_workers,
         drop_last=True,
@@ -158,6 +189,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         config=OmegaConf.to_container(cfg, resolve=True),
         enabled=rank_zero,
     )
+    logger.log(data_stats, step=0)
     synced_gpus = int(cfg.zero.stage) == 3 and world > 1
     eval_conversation_subset = eval_conversations[: cfg.eval.max_conversations]
 

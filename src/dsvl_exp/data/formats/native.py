@@ -12,14 +12,16 @@ work). Rounds and whole conversations without images are allowed.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
+from dsvl_exp.data.formats.registry import LoadedDataset, register
 from dsvl_exp.data.template import IMAGE_TOKEN
 
 
-def _strip_image_tokens(question: str) -> tuple[str, int]:
+def strip_image_tokens(question: str) -> tuple[str, int]:
     count = question.count(IMAGE_TOKEN)
     text = question.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")
     return text.strip(), count
@@ -48,7 +50,7 @@ def parse_record(record: dict, where: str, base_dir: Path) -> Conversation:
         answer = item.get("answer")
         if not isinstance(answer, str) or not answer.strip():
             raise DataError(f"{where}: rounds[{k}].answer is empty or missing; every round needs an answer to train on")
-        question, count = _strip_image_tokens(item["question"])
+        question, count = strip_image_tokens(item["question"])
         rounds.append(Round(question=question, answer=answer.strip(), num_images=count))
     placeholders = sum(r.num_images for r in rounds)
     if placeholders != len(images_raw):
@@ -61,7 +63,7 @@ def parse_record(record: dict, where: str, base_dir: Path) -> Conversation:
     return Conversation(id=conv_id, images=images, rounds=tuple(rounds), source=str(where))
 
 
-def read_native_jsonl(path: str | Path) -> list[Conversation]:
+def read_native_jsonl(path: str | Path, image_dir: Path | None = None) -> list[Conversation]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -75,7 +77,14 @@ def read_native_jsonl(path: str | Path) -> list[Conversation]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno}); fix or remove the line") from None
-            conversations.append(parse_record(record, where, path.parent))
+            conversations.append(parse_record(record, where, image_dir or path.parent))
     if not conversations:
         raise DataError(f"{path}: no conversations in the file")
     return conversations
+
+
+@register("native")
+def read_native(path: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
+    path = Path(path)
+    conversations = read_native_jsonl(path, Path(image_dir) if image_dir else None)
+    return LoadedDataset(conversations, (path,))

@@ -1,0 +1,65 @@
+"""LLaVA-style JSON: a list of
+
+    {"id": "x", "image": "a.jpg" | ["a.jpg", "b.jpg"],
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"},
+                       {"from": "gpt", "value": "A cat."}, ...]}
+
+Turns alternate human/gpt. Each `<image>` in a human turn shows the next image of `image` in
+that round; their number must match the images. Images are relative to `image_dir` when set,
+else to the JSON file's folder. A record without `image` is a text-only conversation.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from dsvl_exp.data.cache import load_json
+from dsvl_exp.data.conversation import Conversation, Round
+from dsvl_exp.data.errors import DataError
+from dsvl_exp.data.formats.common import nonempty_answer
+from dsvl_exp.data.formats.native import resolve_image, strip_image_tokens
+from dsvl_exp.data.formats.registry import LoadedDataset, register
+from dsvl_exp.data.template import IMAGE_TOKEN
+
+
+def parse_llava_record(record: dict, where: str, image_dir: Path) -> Conversation:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    images = record.get("image", [])
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise DataError(f"{where}: field 'image' must be a path or a list of paths")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns or len(turns) % 2:
+        raise DataError(f"{where}: field 'conversations' must be a non-empty list of human/gpt turn pairs")
+    rounds = []
+    for k in range(0, len(turns), 2):
+        human, gpt = turns[k], turns[k + 1]
+        if not (isinstance(human, dict) and human.get("from") == "human" and isinstance(gpt, dict) and gpt.get("from") == "gpt"):
+            raise DataError(f"{where}: conversations[{k}], [{k + 1}] must be from 'human' then 'gpt'")
+        question, count = strip_image_tokens(str(human.get("value", "")))
+        answer = nonempty_answer(gpt.get("value"), f"{where}: conversations[{k + 1}].value")
+        rounds.append(Round(question, answer.strip(), count))
+    placeholders = sum(r.num_images for r in rounds)
+    if placeholders != len(images):
+        raise DataError(
+            f"{where}: {placeholders} '{IMAGE_TOKEN}' placeholder(s) in the human turns but {len(images)} image(s) "
+            "in 'image'; they must match one to one"
+        )
+    return Conversation(
+        id=str(record.get("id", where)), images=tuple(resolve_image(i, image_dir) for i in images),
+        rounds=tuple(rounds), source=where,
+    )
+
+
+@register("llava_json")
+def read_llava_json(path: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
+    records = load_json(path, "llava_json")
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of conversations")
+    base = Path(image_dir) if image_dir else path.parent
+    conversations = [parse_llava_record(r, f"{path}[{i}]", base) for i, r in enumerate(records)]
+    if not conversations:
+        raise DataError(f"{path}: no conversations in the file")
+    return LoadedDataset(conversations, (path,))
