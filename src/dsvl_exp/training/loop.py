@@ -39,7 +39,8 @@ def train_loop(
     """Runs `max_steps` optimizer steps (each `grad_accum` micro-batches); returns the last metrics."""
     engine.train()
     batches = endless_batches(train_loader)
-    progress = tqdm(total=max_steps, desc="train", disable=not show_progress, dynamic_ncols=True)
+    # disable=None: a bar on a terminal, nothing in a redirected log (metrics.jsonl has the numbers)
+    progress = tqdm(total=max_steps, desc="train", disable=None if show_progress else True, dynamic_ncols=True)
     window = {"loss": 0.0, "micro_batches": 0, "tokens": 0, "samples": 0, "start": time.perf_counter()}
     last: dict = {}
     step = 0
