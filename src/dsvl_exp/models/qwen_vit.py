@@ -164,6 +164,8 @@ class QwenVisionTower(nn.Module):
         self.hidden_size = output_dim
         self.has_cls_token = False
         self.resamples = True  # already a resampler: a second one (vit/perceiver projection) is refused
+        # the trunk's Linears only: the resampler's nn.MultiheadAttention reads its weights directly
+        self.lora_target_modules = r".*resblocks\.\d+\.(attn\.(in_proj|out_proj)|mlp\.(c_fc|c_proj))"
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)

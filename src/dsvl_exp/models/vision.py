@@ -51,6 +51,7 @@ class CLIPVisionTower(nn.Module):
         self.image_size = config.image_size
         self.has_cls_token = True
         self.resamples = False
+        self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
     def gradient_checkpointing_enable(self) -> None:
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
