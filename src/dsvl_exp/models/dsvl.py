@@ -88,7 +88,7 @@ class DSVLModel(nn.Module):
     def gradient_checkpointing_enable(self) -> None:
         self.vision.gradient_checkpointing_enable()
         # non-reentrant: correct when the decoder is frozen and only its inputs carry grad
-        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[num_images, 3, H, W] -> [num_images, tokens_per_image, decoder hidden]."""

@@ -54,7 +54,7 @@ class CLIPVisionTower(nn.Module):
         self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
     def gradient_checkpointing_enable(self) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.model.dtype)
