@@ -94,3 +94,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, vision):
         model(**batch_for(tokenizer, model, ["red circle"], [1])).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_config_builds_every_allowed_pair_and_lora(tokenizer):
+    from hydra.errors import InstantiationException
+    from test_config import compose_cfg
+
+    from dsvl_exp.training.run import build_model, configure_training
+
+    for overrides, tokens in ((["vision=qwen"], 16), (["projection=vit"], 17), (["projection=perceiver"], 16)):
+        cfg = compose_cfg(*overrides)
+        assert build_model(cfg, tokenizer).tokens_per_image == tokens
+    cfg = compose_cfg("train.decoder=lora", "lora.decoder.r=2", "lora.decoder.target_modules=[q_proj,v_proj]",
+                      "train.vision=lora", "decoder.attention=mmca")
+    model = build_model(cfg, tokenizer)
+    configure_training(model, cfg)
+    counts = count_parameters(model)
+    # 2 targets x 2 layers x (2x64 + 64x2) in the tiny default decoder
+    assert counts["decoder_lora"]["trainable"] == 1024 and counts["decoder"]["trainable"] == 0
+    assert counts["vision_lora"]["trainable"] > 0 and counts["vision"]["trainable"] == 0
+    assert model.uses_mmca
+    with pytest.raises(InstantiationException, match="projection=perceiver cannot follow vision=qwen"):
+        build_model(compose_cfg("vision=qwen", "projection=perceiver"), tokenizer)
+    with pytest.raises(ValueError, match="train.projection='lora': expected true, false or auto"):
+        configure_training(build_model(compose_cfg(), tokenizer), compose_cfg("train.projection=lora"))
