@@ -11,7 +11,7 @@ from torch import nn
 
 from dsvl_exp.data.template import IGNORE_INDEX
 from dsvl_exp.models.generation import decode
-from dsvl_exp.models.mmca import TOKEN_TYPES_KWARG, MMCA_IMPLEMENTATIONS
+from dsvl_exp.models.mmca import MMCA_IMPLEMENTATIONS, TOKEN_TYPES_KWARG
 from dsvl_exp.models.splice import SplicedBatch, splice_images
 
 log = logging.getLogger(__name__)

@@ -104,9 +104,11 @@ def build_baseline_projection(vision_hidden_size: int, decoder_hidden_size: int,
 
 def build_vit_projection(vision_hidden_size: int, decoder_hidden_size: int, vision_num_heads: int,
                          vision_intermediate_size: int, vision_resamples: bool = False,
-                         hidden_act: str = "quick_gelu", **vision_facts) -> ViTProjection:
+                         vision_hidden_act: str = "quick_gelu", **vision_facts) -> ViTProjection:
+    """The block copies the encoder's heads, MLP size and activation (quick_gelu for CLIP-L)."""
     _refuse_resampling_tower("vit", vision_resamples)
-    return ViTProjection(vision_hidden_size, decoder_hidden_size, vision_num_heads, vision_intermediate_size, hidden_act)
+    return ViTProjection(vision_hidden_size, decoder_hidden_size, vision_num_heads, vision_intermediate_size,
+                         vision_hidden_act)
 
 
 def build_perceiver_projection(vision_hidden_size: int, decoder_hidden_size: int, num_queries: int = 256,

@@ -64,6 +64,7 @@ def vision_facts(vision) -> dict:
     return {
         "vision_num_heads": getattr(vision, "num_heads", None),
         "vision_intermediate_size": getattr(vision, "intermediate_size", None),
+        "vision_hidden_act": getattr(vision, "hidden_act", "quick_gelu"),
         "vision_has_cls_token": getattr(vision, "has_cls_token", False),
         "vision_resamples": getattr(vision, "resamples", False),
     }
