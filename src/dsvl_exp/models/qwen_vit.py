@@ -189,6 +189,31 @@ def load_visual_state_dict(folder: str) -> dict[str, torch.Tensor]:
     )
 
 
+def load_state_dict_strictly(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`load_state_dict(strict=True)`, also when ZeRO-3 built the model partitioned (zero.Init):
+    then each module's parameters are gathered, filled on rank 0 and re-partitioned, one module
+    at a time, so no rank ever holds the whole tower."""
+    params = dict(model.named_parameters())
+    if not any(hasattr(p, "ds_id") for p in params.values()):
+        model.load_state_dict(state, strict=True)
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    wrong = [k for k, p in params.items() if k in state and tuple(p.ds_shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}, shape mismatch {wrong}")
+    for prefix, module in model.named_modules():
+        local = dict(module.named_parameters(recurse=False))
+        if not local:
+            continue
+        with deepspeed.zero.GatheredParameters(list(local.values()), modifier_rank=0):
+            if dist.get_rank() == 0:
+                for name, param in local.items():
+                    param.data.copy_(state[f"{prefix}.{name}" if prefix else name])
+
+
 def build_qwen_vision_tower(
     pretrained: str | None = None,
     image_size: int = 448,
@@ -205,7 +230,7 @@ def build_qwen_vision_tower(
     if pretrained:
         state = load_visual_state_dict(pretrained)
         try:
-            model.load_state_dict(state, strict=True)
+            load_state_dict_strictly(model, state)
         except RuntimeError as error:
             raise ValueError(
                 f"vision.pretrained={pretrained!r} does not fit the configured Qwen tower (check vision.width/"
