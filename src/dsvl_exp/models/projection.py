@@ -13,7 +13,7 @@ from torch import nn
 from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from dsvl_exp.models.qwen_vit import resize_positions, sincos_2d
+from dsvl_exp.models.qwen_vit import TruncNormalLinear, resize_positions, sincos_2d
 
 
 class BaselineProjection(nn.Module):
@@ -65,17 +65,12 @@ class PerceiverProjection(nn.Module):
         self.drop_cls_token = drop_cls_token
         self.query = nn.Parameter(torch.empty(num_queries, decoder_hidden_size))
         self.pos_embed = nn.Parameter(sincos_2d(decoder_hidden_size, grid), requires_grad=False)
-        self.kv_proj = nn.Linear(vision_hidden_size, decoder_hidden_size)
+        self.kv_proj = TruncNormalLinear(vision_hidden_size, decoder_hidden_size)
         self.ln_q = nn.LayerNorm(decoder_hidden_size, eps=1e-12)
         self.ln_kv = nn.LayerNorm(decoder_hidden_size, eps=1e-12)
         self.attn = nn.MultiheadAttention(decoder_hidden_size, max(1, decoder_hidden_size // 128), batch_first=True)
-        self.out = nn.Sequential(nn.LayerNorm(decoder_hidden_size), nn.Linear(decoder_hidden_size, decoder_hidden_size))
+        self.out = nn.Sequential(nn.LayerNorm(decoder_hidden_size), TruncNormalLinear(decoder_hidden_size, decoder_hidden_size))
         nn.init.trunc_normal_(self.query, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
 
     def output_tokens(self, vision_tokens: int) -> int:
         return self.num_queries

@@ -50,6 +50,17 @@ def resize_positions(table: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).flatten(0, 2).to(table.dtype)
 
 
+class TruncNormalLinear(nn.Linear):
+    """nn.Linear initialised trunc_normal(0.02) / zero bias by itself: under ZeRO-3's zero.Init
+    a child's weights are partitioned once its constructor returns, so a parent-level init loop
+    would touch only empty shards."""
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class VisualAttention(nn.Module):
     """Self-attention with one fused `in_proj` Linear laid out per head as [q | k | v]."""
 
@@ -113,15 +124,10 @@ class Resampler(nn.Module):
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, grid), requires_grad=False)
         self.query = nn.Parameter(torch.empty(num_queries, embed_dim))
         nn.init.trunc_normal_(self.query, std=0.02)
-        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
+        self.kv_proj = TruncNormalLinear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.ln_q = nn.LayerNorm(embed_dim, eps=1e-6)
         self.ln_kv = nn.LayerNorm(embed_dim, eps=1e-6)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key_positions = resize_positions(self.pos_embed, x.shape[1])
