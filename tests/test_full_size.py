@@ -7,7 +7,6 @@ LLaMA-2-13B 13,015,864,320 parameters at vocab 32000; the reference's tokenizer 
 
 import json
 
-import pytest
 import torch
 
 from dsvl_exp.models.decoder import build_llama_decoder
