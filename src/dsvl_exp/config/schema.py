@@ -78,7 +78,7 @@ class PerceiverProjectionConfig:
 class LoraPartConfig:
     # used when train.<part>=lora
     r: int = 8
-    alpha: float = 16.0
+    alpha: float = 16.0  # peft scales by alpha / r; alpha=1 is the reference's 1/r
     dropout: float = 0.0
     # module-name suffixes (a list) or one regex over full names; null: the part's default
     target_modules: Any = None
