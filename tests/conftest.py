@@ -31,7 +31,7 @@ def tokenizer():
     return load_tokenizer()
 
 
-def build_tiny_model(tokenizer, image_order="forward", seed=0):
+def build_tiny_model(tokenizer, image_order="forward", seed=0, attention="causal"):
     from dsvl_exp.models.decoder import build_llama_decoder
     from dsvl_exp.models.dsvl import DSVLModel
     from dsvl_exp.models.projection import build_baseline_projection
@@ -40,7 +40,7 @@ def build_tiny_model(tokenizer, image_order="forward", seed=0):
 
     torch.manual_seed(seed)
     vision = build_clip_vision_tower(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    decoder = build_llama_decoder(len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=512)
+    decoder = build_llama_decoder(len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=512, attention=attention)
     projection = build_baseline_projection(32, 32)
     return DSVLModel(vision, projection, decoder, image_token_id(tokenizer), tokenizer.pad_token_id,
                      tokenizer.eos_token_id, image_order=image_order)

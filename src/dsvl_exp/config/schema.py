@@ -30,10 +30,24 @@ class ClipVisionConfig:
 
 
 @dataclass
+class QwenVisionConfig:
+    _target_: str = "dsvl_exp.models.qwen_vit.build_qwen_vision_tower"
+    pretrained: Optional[str] = None  # a folder from scripts/extract_qwen_vl.py
+    image_size: int = 448
+    patch_size: int = 14
+    width: int = 1664
+    layers: int = 48
+    heads: int = 16
+    mlp_size: int = 8192
+    output_dim: int = 4096
+    num_queries: int = 256
+
+
+@dataclass
 class LlamaDecoderConfig:
     _target_: str = "dsvl_exp.models.decoder.build_llama_decoder"
     pretrained: Optional[str] = None
-    attention: str = "causal"
+    attention: str = "causal"  # causal | mmca | mmca_legacy
     hidden_size: int = 4096
     num_layers: int = 32
     num_heads: int = 32
@@ -47,6 +61,33 @@ class LlamaDecoderConfig:
 @dataclass
 class BaselineProjectionConfig:
     _target_: str = "dsvl_exp.models.projection.build_baseline_projection"
+
+
+@dataclass
+class ViTProjectionConfig:
+    _target_: str = "dsvl_exp.models.projection.build_vit_projection"
+
+
+@dataclass
+class PerceiverProjectionConfig:
+    _target_: str = "dsvl_exp.models.projection.build_perceiver_projection"
+    num_queries: int = 256
+
+
+@dataclass
+class LoraPartConfig:
+    # used when train.<part>=lora
+    r: int = 8
+    alpha: float = 16.0  # peft scales by alpha / r; alpha=1 is the reference's 1/r
+    dropout: float = 0.0
+    # module-name suffixes (a list) or one regex over full names; null: the part's default
+    target_modules: Any = None
+
+
+@dataclass
+class LoraConfig:
+    decoder: LoraPartConfig = field(default_factory=LoraPartConfig)
+    vision: LoraPartConfig = field(default_factory=LoraPartConfig)
 
 
 @dataclass
@@ -128,11 +169,13 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16
     gradient_clipping: float = 1.0
-    # what trains: true | false | auto (auto: only when randomly initialised)
+    # what trains: true | false | auto (auto: only when randomly initialised); vision and
+    # decoder also take lora (frozen, with LoRA adapters from the `lora` group trained)
     vision: Any = "auto"
     projection: Any = True
     embeddings: Any = True
     decoder: Any = "auto"
+    gradient_checkpointing: bool = False  # vision encoder and decoder
     log_every_n_steps: int = 10
     progress_bar: bool = True
 
@@ -188,6 +231,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -198,8 +242,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/vision", name="clip", node=ClipVisionConfig)
+    cs.store(group="schema/vision", name="qwen", node=QwenVisionConfig)
     cs.store(group="schema/decoder", name="llama", node=LlamaDecoderConfig)
     cs.store(group="schema/projection", name="baseline", node=BaselineProjectionConfig)
+    cs.store(group="schema/projection", name="vit", node=ViTProjectionConfig)
+    cs.store(group="schema/projection", name="perceiver", node=PerceiverProjectionConfig)
     cs.store(group="schema/zero", name="zero", node=ZeroConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
-ATTENTION_CHOICES = ("causal",)
+from dsvl_exp.models.mmca import MMCA_IMPLEMENTATIONS
+
+# decoder.attention -> transformers attn_implementation (mmca ones registered by models.mmca)
+ATTENTION_IMPLEMENTATIONS = {"causal": "sdpa", **{name: name for name in MMCA_IMPLEMENTATIONS}}
+ATTENTION_CHOICES = tuple(ATTENTION_IMPLEMENTATIONS)
 
 
 def build_llama_decoder(
@@ -26,7 +30,7 @@ def build_llama_decoder(
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"decoder.attention={attention!r} is not one of {ATTENTION_CHOICES}")
     if pretrained:
-        model = LlamaForCausalLM.from_pretrained(pretrained)
+        model = LlamaForCausalLM.from_pretrained(pretrained, attn_implementation=ATTENTION_IMPLEMENTATIONS[attention])
     else:
         config = LlamaConfig(
             vocab_size=vocab_size,
@@ -41,6 +45,11 @@ def build_llama_decoder(
             tie_word_embeddings=False,
         )
         model = LlamaForCausalLM(config)
+        model.set_attn_implementation(ATTENTION_IMPLEMENTATIONS[attention])
     if model.get_input_embeddings().weight.shape[0] != vocab_size:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
     return model
+
+
+def uses_mmca(decoder) -> bool:
+    return decoder.config._attn_implementation in MMCA_IMPLEMENTATIONS

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsvl_exp.data.template import IGNORE_INDEX
+from dsvl_exp.models.generation import decode
+from dsvl_exp.models.mmca import MMCA_IMPLEMENTATIONS, TOKEN_TYPES_KWARG
 from dsvl_exp.models.splice import SplicedBatch, splice_images
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,23 @@ class DSVLModel(nn.Module):
         return self.decoder.get_input_embeddings()
 
     @property
+    def uses_mmca(self) -> bool:
+        return self.decoder.config._attn_implementation in MMCA_IMPLEMENTATIONS
+
+    def mask_kwargs(self, token_types: torch.Tensor) -> dict:
+        """The decoder's mask argument for 0/1/2 token types: MMCA reads the types themselves."""
+        if self.uses_mmca:
+            return {TOKEN_TYPES_KWARG: token_types}
+        return {"attention_mask": (token_types > 0).long()}
+
+    @property
     def tokens_per_image(self) -> int:
         return self.projection.output_tokens(self.vision.num_tokens)
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.vision.gradient_checkpointing_enable()
+        # non-reentrant: correct when the decoder is frozen and only its inputs carry grad
+        self.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[num_images, 3, H, W] -> [num_images, tokens_per_image, decoder hidden]."""
@@ -109,9 +126,9 @@ class DSVLModel(nn.Module):
         spliced = self.splice(images, input_ids, attention_mask, image_num, labels=labels)
         logits = self.decoder(
             inputs_embeds=spliced.embeds,
-            attention_mask=(spliced.attention_mask > 0).long(),
             position_ids=spliced.position_ids,
             use_cache=False,
+            **self.mask_kwargs(spliced.attention_mask),
         ).logits
         if labels is None:
             return DSVLOutput(loss=None, logits=logits)
@@ -131,22 +148,20 @@ class DSVLModel(nn.Module):
         top_p: float = 1.0,
         synced_gpus: bool = False,
     ) -> list[list[int]]:
-        """Continue a left-padded batch of prompts; returns the new token ids of each, cut at EOS."""
+        """Continue a left-padded batch of prompts; returns the new token ids of each, cut at EOS.
+
+        `synced_gpus`: keep stepping until every rank is done (ZeRO-3 gathers collectively)."""
         spliced = self.splice(images, input_ids, attention_mask, image_num, padding_side="left", pad_to_multiple_of=1)
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        output = self.decoder.generate(
-            inputs_embeds=spliced.embeds,
-            attention_mask=(spliced.attention_mask > 0).long(),
+        return decode(
+            self.decoder,
+            spliced.embeds,
+            spliced.attention_mask,
+            spliced.position_ids,
+            self.mask_kwargs,
+            eos_token_id=self.eos_token_id,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
+            temperature=temperature,
+            top_p=top_p,
             synced_gpus=synced_gpus,
-            **sampling,
         )
-        results = []
-        for row in output.tolist():
-            if self.eos_token_id in row:
-                row = row[: row.index(self.eos_token_id)]
-            results.append(row)
-        return results

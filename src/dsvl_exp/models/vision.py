@@ -44,8 +44,17 @@ class CLIPVisionTower(nn.Module):
                 f"for a {config.num_hidden_layers}-layer encoder"
             )
         self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.intermediate_size = config.intermediate_size
+        self.hidden_act = config.hidden_act
         self.num_tokens = (config.image_size // config.patch_size) ** 2 + 1
         self.image_size = config.image_size
+        self.has_cls_token = True
+        self.resamples = False
+        self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.model.dtype)
