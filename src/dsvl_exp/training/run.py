@@ -25,7 +25,14 @@ from dsvl_exp.models.dsvl import DSVLModel
 from dsvl_exp.models.freezing import apply_freezing, count_parameters, resolve_trainable
 from dsvl_exp.models.tokenizer import image_token_id
 from dsvl_exp.training import distributed
-from dsvl_exp.training.engine import build_engine, deepspeed_config, parameter_groups, warmup_steps_for
+from dsvl_exp.training.engine import (
+    build_engine,
+    deepspeed_config,
+    model_construction,
+    parameter_groups,
+    warmup_steps_for,
+)
+from dsvl_exp.training.footprint import write_rank_footprint
 from dsvl_exp.training.evaluation import evaluate_answers, evaluate_loss
 from dsvl_exp.training.logging import MetricsLogger
 from dsvl_exp.training.loop import train_loop
@@ -75,9 +82,19 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)
 
+    ds_config = deepspeed_config(
+        zero=OmegaConf.to_container(cfg.zero, resolve=True),
+        micro_batch_size=cfg.train.micro_batch_size,
+        grad_accum=cfg.train.grad_accum,
+        world_size=world,
+        precision=cfg.train.precision,
+        gradient_clipping=cfg.train.gradient_clipping,
+    )
+
     # ---- model -------------------------------------------------------------------------------
     tokenizer = instantiate(cfg.tokenizer)
-    model = build_model(cfg, tokenizer)
+    with model_construction(ds_config) as zero3_marker:  # noqa: F841 (kept alive for the run)
+        model = build_model(cfg, tokenizer)
     apply_freezing(
         model,
         vision=resolve_trainable(cfg.train.vision, cfg.vision.pretrained, "train.vision"),
@@ -130,14 +147,6 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         max_steps = int(cfg.train.epochs) * math.ceil(len(train_loader) / cfg.train.grad_accum)
     else:
         raise ValueError("set train.max_steps or train.epochs")
-    ds_config = deepspeed_config(
-        zero=OmegaConf.to_container(cfg.zero, resolve=True),
-        micro_batch_size=cfg.train.micro_batch_size,
-        grad_accum=cfg.train.grad_accum,
-        world_size=world,
-        precision=cfg.train.precision,
-        gradient_clipping=cfg.train.gradient_clipping,
-    )
     groups = parameter_groups(model, cfg.optim.lr, cfg.optim.embedding_lr, cfg.optim.weight_decay)
     engine, lr_scheduler = build_engine(
         model,
@@ -194,6 +203,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
     summary = {**last_train, **final_eval, "steps": max_steps}
     logger.summary(summary)
     logger.close()
+    write_rank_footprint(run_dir, engine, rank, world)
     if rank_zero:
         print_summary(run_dir, summary)
     return float(summary[cfg.eval.monitor])
