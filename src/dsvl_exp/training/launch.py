@@ -119,6 +119,7 @@ def launch_local_ranks(cfg: DictConfig, run_dir: Path) -> float:
             os.environ.pop("OMP_NUM_THREADS")
         else:
             os.environ["OMP_NUM_THREADS"] = saved
+    log.info("Ranks finished; rank 0 returned %s = %s", cfg.eval.monitor, results[0])
     return results[0]
 
 

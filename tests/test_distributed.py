@@ -1,0 +1,122 @@
+"""Two ranks on CPU (gloo), started every way a user starts them: one run directory each time,
+the same training as one rank with the same global batch, ZeRO-3 really partitioned."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, read_metrics, run_train
+
+SHORT_RUN = ("experiment=smoke", "eval.generation=false", "eval.monitor=eval/loss", "train.max_steps=10",
+             "train.progress_bar=false")
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def launch(command: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A launcher command in `cwd`, with Hydra choosing the run directory (not pinned)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.pop("OMP_NUM_THREADS", None)  # the launch code decides it per rank
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def only_run_directory(root: Path) -> Path:
+    """Exactly one run directory (holding the one metrics.jsonl and .hydra) under root."""
+    metrics = sorted(root.rglob("metrics.jsonl"))
+    hydra_dirs = sorted(root.rglob(".hydra"))
+    assert len(metrics) == 1, metrics
+    assert [d.parent for d in hydra_dirs] == [metrics[0].parent], hydra_dirs
+    return metrics[0].parent
+
+
+def rank_footprints(run_dir: Path) -> list[dict]:
+    return [json.loads((run_dir / "ranks" / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def assert_close_losses(run_a: Path, run_b: Path, rel: float) -> None:
+    metrics_a, metrics_b = read_metrics(run_a), read_metrics(run_b)
+    for key in ("train/loss", "eval/loss"):
+        a = [(m["step"], m[key]) for m in metrics_a if key in m]
+        b = [(m["step"], m[key]) for m in metrics_b if key in m]
+        assert [s for s, _ in a] == [s for s, _ in b] and a, (a, b)
+        for (_, x), (_, y) in zip(a, b):
+            assert math.isclose(x, y, rel_tol=rel), (key, a, b)
+
+
+def test_two_local_ranks_one_run_directory_partitioned_like_one_rank(tmp_path):
+    """`launcher.nproc_per_node=2 zero=3`: micro-batch 4 on each of 2 ranks sees, at every step,
+    exactly the 8 samples one rank with micro-batch 8 sees (DistributedSampler deals one
+    seeded permutation out in turn), so the losses agree up to how the mean is grouped."""
+    zero3 = ("zero=3", "zero.stage3_param_persistence_threshold=0")  # no parameter kept whole
+    one_rank = tmp_path / "one_rank"
+    run_train(one_rank, *SHORT_RUN, *zero3, "train.micro_batch_size=8")
+
+    two = tmp_path / "two_ranks"
+    two.mkdir()
+    result = launch([sys.executable, "-m", "dsvl_exp.train", *SHORT_RUN, *zero3, "train.micro_batch_size=4",
+                     "launcher.nproc_per_node=2"], cwd=two)
+    run_dir = only_run_directory(two)
+    assert run_dir.parent.parent == two / "outputs"
+    assert_close_losses(one_rank, run_dir, rel=5e-3)
+
+    # rank 0's return value came back to the Hydra task
+    final_eval = [m for m in read_metrics(run_dir) if "eval/loss" in m][-1]["eval/loss"]
+    returned = re.search(r"rank 0 returned eval/loss = (\S+)", result.stdout + result.stderr)
+    assert returned and float(returned.group(1)) == pytest.approx(final_eval, rel=1e-12)
+    # only rank 0 printed the config tree and the summary
+    assert (result.stdout + result.stderr).count("run directory:") == 1
+
+    # ZeRO-3: each rank stores half (DeepSpeed pads odd sizes) of every parameter
+    footprints = rank_footprints(run_dir)
+    assert [f["rank"] for f in footprints] == [0, 1] and {f["world_size"] for f in footprints} == {2}
+    for name, share in footprints[0]["parameters"].items():
+        assert share["local"] == math.ceil(share["numel"] / 2), name
+        assert footprints[1]["parameters"][name] == share
+    total = sum(s["numel"] for s in footprints[0]["parameters"].values())
+    assert footprints[0]["parameter_bytes"] == pytest.approx(total * 4 / 2, rel=0.01)
+    whole = rank_footprints_single(one_rank)
+    assert whole["parameter_bytes"] == total * 4
+    assert footprints[0]["state_bytes"] == pytest.approx(whole["state_bytes"] / 2, rel=0.01)
+
+
+def rank_footprints_single(run_dir: Path) -> dict:
+    return json.loads((run_dir / "ranks" / "rank-0.json").read_text())
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+def test_torchrun_two_ranks_share_one_run_directory(tmp_path):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    launch([torchrun, "--nproc_per_node", "2", "-m", "dsvl_exp.train", *SHORT_RUN, "zero=2",
+            "train.micro_batch_size=4"], cwd=tmp_path)
+    run_dir = only_run_directory(tmp_path)
+    footprints = rank_footprints(run_dir)
+    assert [f["world_size"] for f in footprints] == [2, 2] and {f["zero_stage"] for f in footprints} == {2}
+    # ZeRO-2: parameters whole on each rank, optimizer state split
+    assert footprints[0]["parameter_bytes"] == footprints[1]["parameter_bytes"]
+    assert footprints[0]["state_bytes"] == pytest.approx(footprints[0]["parameter_bytes"], rel=0.01)  # 2 moments / 2 ranks
+    train = [m for m in read_metrics(run_dir) if "train/loss" in m]
+    assert train[-1]["train/loss"] < train[0]["train/loss"]
+
+
+@pytest.mark.skipif(shutil.which("deepspeed", path=str(Path(sys.executable).parent)) is None, reason="no deepspeed launcher")
+def test_deepspeed_launcher_two_ranks_share_one_run_directory(tmp_path):
+    """The deepspeed launcher appends --local_rank=N and leaves OMP_NUM_THREADS unset."""
+    deepspeed = str(Path(sys.executable).parent / "deepspeed")
+    from dsvl_exp.training.distributed import free_port
+
+    launch([deepspeed, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "dsvl_exp.train", *SHORT_RUN,
+            "zero=3", "train.micro_batch_size=4"], cwd=tmp_path)
+    run_dir = only_run_directory(tmp_path)
+    assert [f["world_size"] for f in rank_footprints(run_dir)] == [2, 2]
