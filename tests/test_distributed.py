@@ -16,8 +16,9 @@ import pytest
 
 from helpers import REPO, read_metrics, run_train
 
-SHORT_RUN = ("experiment=smoke", "eval.generation=false", "eval.monitor=eval/loss", "train.max_steps=10",
-             "train.progress_bar=false")
+COMMON = ("experiment=smoke", "eval.monitor=eval/loss", "train.max_steps=10", "train.progress_bar=false")
+SHORT_RUN = (*COMMON, "eval.generation=false")
+WITH_GENERATION = (*COMMON, "eval.generation=true", "eval.max_conversations=8")
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -61,18 +62,22 @@ def test_two_local_ranks_one_run_directory_partitioned_like_one_rank(tmp_path):
     seeded permutation out in turn), so the losses agree up to how the mean is grouped."""
     zero3 = ("zero=3", "zero.stage3_param_persistence_threshold=0")  # no parameter kept whole
     one_rank = tmp_path / "one_rank"
-    run_train(one_rank, *SHORT_RUN, *zero3, "train.micro_batch_size=8")
+    run_train(one_rank, *WITH_GENERATION, *zero3, "train.micro_batch_size=8")
 
     two = tmp_path / "two_ranks"
     two.mkdir()
-    result = launch([sys.executable, "-m", "dsvl_exp.train", *SHORT_RUN, *zero3, "train.micro_batch_size=4",
+    result = launch([sys.executable, "-m", "dsvl_exp.train", *WITH_GENERATION, *zero3, "train.micro_batch_size=4",
                      "launcher.nproc_per_node=2"], cwd=two)
     run_dir = only_run_directory(two)
     assert run_dir.parent.parent == two / "outputs"
     assert_close_losses(one_rank, run_dir, rel=5e-3)
 
+    # generation eval ran sharded over both ranks (ZeRO-3 gathers with synced_gpus)
+    final = [m for m in read_metrics(run_dir) if "eval/loss" in m][-1]
+    assert 0.0 <= final["eval/accuracy"] <= 1.0
+
     # rank 0's return value came back to the Hydra task
-    final_eval = [m for m in read_metrics(run_dir) if "eval/loss" in m][-1]["eval/loss"]
+    final_eval = final["eval/loss"]
     returned = re.search(r"rank 0 returned eval/loss = (\S+)", result.stdout + result.stderr)
     assert returned and float(returned.group(1)) == pytest.approx(final_eval, rel=1e-12)
     # only rank 0 printed the config tree and the summary

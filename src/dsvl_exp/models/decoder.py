@@ -41,6 +41,7 @@ def build_llama_decoder(
             tie_word_embeddings=False,
         )
         model = LlamaForCausalLM(config)
-    if model.get_input_embeddings().weight.shape[0] != vocab_size:
+    embedding = model.get_input_embeddings().weight
+    if getattr(embedding, "ds_shape", embedding.shape)[0] != vocab_size:  # ZeRO-3 shards report shape 0
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
     return model
