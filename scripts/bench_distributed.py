@@ -1,7 +1,7 @@
 """ZeRO-2 vs ZeRO-3, 1 vs 2 processes, side by side: step time, peak memory per rank, and what
 each rank holds of the parameters and the optimizer (master weights + Adam state).
 
-    python scripts/bench_distributed.py                       # tiny CLIP + a 15M-parameter decoder
+    python scripts/bench_distributed.py                       # tiny CLIP + a ~4M-parameter decoder
     python scripts/bench_distributed.py --steps 50 --hidden-size 1024 --nproc 1 2
 
 Every configuration is a real run of `python -m dsvl_exp.train launcher.nproc_per_node=N zero=S`
@@ -82,9 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zero", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch-size", type=int, default=4, help="per rank")
-    parser.add_argument("--hidden-size", type=int, default=512, help="decoder width (multiple of 64)")
+    parser.add_argument("--hidden-size", type=int, default=256, help="decoder width (multiple of 64)")
     parser.add_argument("--num-layers", type=int, default=4, help="decoder layers")
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temp dir)")
     args = parser.parse_args()

@@ -125,3 +125,56 @@ def test_deepspeed_launcher_two_ranks_share_one_run_directory(tmp_path):
             "zero=3", "train.micro_batch_size=4"], cwd=tmp_path)
     run_dir = only_run_directory(tmp_path)
     assert [f["world_size"] for f in rank_footprints(run_dir)] == [2, 2]
+
+
+PARTITIONED_LOAD = """
+import dataclasses, json, sys
+import deepspeed, torch
+from safetensors.torch import load_file
+from dsvl_exp.config.schema import ZeroConfig
+from dsvl_exp.models.decoder import build_llama_decoder
+from dsvl_exp.training import distributed
+from dsvl_exp.training.engine import deepspeed_config, model_construction
+
+folder, vocab_size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+distributed.init_process_group()
+ds_config = deepspeed_config(zero=dataclasses.asdict(ZeroConfig(stage=3)), micro_batch_size=1, grad_accum=1,
+                             world_size=distributed.world_size(), precision="fp32", gradient_clipping=1.0)
+with model_construction(ds_config) as keep_alive:
+    decoder = build_llama_decoder(vocab_size, pretrained=folder)
+saved = load_file(f"{folder}/model.safetensors")
+report = {}
+for name, param in decoder.named_parameters():
+    local = param.ds_tensor.numel()
+    with deepspeed.zero.GatheredParameters([param]):
+        full = param.detach().clone()
+    expected = saved[name]
+    rows = expected.shape[0]
+    report[name] = {"numel": param.ds_numel, "local": local, "shape": list(full.shape),
+                    "equal": bool(torch.equal(full[:rows], expected))}
+json.dump(report, open(f"{out}/rank-{distributed.rank()}.json", "w"))
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+def test_zero3_from_pretrained_loads_into_shards(tmp_path):
+    """HfDeepSpeedConfig + zero.Init: from_pretrained fills 2 shards with the checkpoint's
+    values, and the embedding resize for the added tokens happens on the shards too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    script = tmp_path / "load.py"
+    script.write_text(PARTITIONED_LOAD)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    launch([torchrun, "--nproc_per_node", "2", str(script), str(tmp_path / "llama"), "99", str(tmp_path)], cwd=tmp_path)
+    reports = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert reports[0].keys() == reports[1].keys() and len(reports[0]) == 12
+    for name, entry in reports[0].items():
+        assert entry["equal"] and reports[1][name]["equal"], name
+        assert entry["local"] == math.ceil(entry["numel"] / 2), name
+    assert reports[0]["model.embed_tokens.weight"]["shape"] == [99, 32]  # resized for added tokens
+

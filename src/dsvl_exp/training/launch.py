@@ -50,6 +50,10 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     if settings.nproc_per_node == 1:
         from dsvl_exp.training.run import run_training
 
+        if settings.omp_num_threads is not None:  # otherwise torch's default: every core
+            import torch
+
+            torch.set_num_threads(rendezvous.omp_threads_per_rank(rendezvous.cpu_count(), 1, settings.omp_num_threads))
         return run_training(cfg, run_dir)
     return launch_local_ranks(cfg, run_dir)
 
