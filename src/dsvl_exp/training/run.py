@@ -32,8 +32,8 @@ from dsvl_exp.training.engine import (
     parameter_groups,
     warmup_steps_for,
 )
-from dsvl_exp.training.footprint import write_rank_footprint
 from dsvl_exp.training.evaluation import evaluate_answers, evaluate_loss
+from dsvl_exp.training.footprint import write_rank_footprint
 from dsvl_exp.training.logging import MetricsLogger
 from dsvl_exp.training.loop import train_loop
 from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
@@ -93,7 +93,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
 
     # ---- model -------------------------------------------------------------------------------
     tokenizer = instantiate(cfg.tokenizer)
-    with model_construction(ds_config) as zero3_marker:  # noqa: F841 (kept alive for the run)
+    # ZeRO-3: built partitioned; the yielded HfDeepSpeedConfig must outlive the model's use
+    with model_construction(ds_config) as hf_deepspeed_config:  # noqa: F841
         model = build_model(cfg, tokenizer)
     apply_freezing(
         model,
