@@ -152,6 +152,13 @@ for name, param in decoder.named_parameters():
     rows = expected.shape[0]
     report[name] = {"numel": param.ds_numel, "local": local, "shape": list(full.shape),
                     "equal": bool(torch.equal(full[:rows], expected))}
+# built from a config: HF's own initialisation (std = initializer_range), not torch's defaults
+with model_construction(ds_config) as keep_alive:
+    fresh = build_llama_decoder(vocab_size, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+for name, param in fresh.named_parameters():
+    with deepspeed.zero.GatheredParameters([param]):
+        report["fresh." + name] = {"numel": param.ds_numel, "local": param.ds_tensor.numel(),
+                                   "std": param.detach().float().std().item(), "equal": True}
 json.dump(report, open(f"{out}/rank-{distributed.rank()}.json", "w"))
 """
 
@@ -159,7 +166,9 @@ json.dump(report, open(f"{out}/rank-{distributed.rank()}.json", "w"))
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_zero3_from_pretrained_loads_into_shards(tmp_path):
     """HfDeepSpeedConfig + zero.Init: from_pretrained fills 2 shards with the checkpoint's
-    values, and the embedding resize for the added tokens happens on the shards too."""
+    values, the embedding resize for the added tokens happens on the shards too, and a model
+    built from a config gets transformers' initialisation, not torch's defaults (N(0, 1)
+    embeddings), although its weights never exist whole."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch = pytest.importorskip("torch")
@@ -172,9 +181,11 @@ def test_zero3_from_pretrained_loads_into_shards(tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     launch([torchrun, "--nproc_per_node", "2", str(script), str(tmp_path / "llama"), "99", str(tmp_path)], cwd=tmp_path)
     reports = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert reports[0].keys() == reports[1].keys() and len(reports[0]) == 12
+    assert reports[0].keys() == reports[1].keys() and len(reports[0]) == 24
     for name, entry in reports[0].items():
         assert entry["equal"] and reports[1][name]["equal"], name
         assert entry["local"] == math.ceil(entry["numel"] / 2), name
     assert reports[0]["model.embed_tokens.weight"]["shape"] == [99, 32]  # resized for added tokens
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
+        assert reports[0]["fresh." + name]["std"] == pytest.approx(0.02, rel=0.15), name
 
