@@ -120,7 +120,21 @@ class ZeroConfig:
 
 @dataclass
 class LauncherConfig:
-    nproc_per_node: int = 1
+    """How the ranks of one run start. `local`: this process starts `nproc_per_node` ranks with
+    torch's elastic launch API (c10d rendezvous). `slurm`: Hydra's submitit launcher starts one
+    SLURM task per rank (`-m` needed) and the rendezvous comes from the SLURM environment.
+    Under torchrun / the deepspeed launcher the ranks already exist and these are ignored."""
+
+    kind: str = "local"  # local | slurm
+    nproc_per_node: int = 1  # ranks per node (SLURM: tasks per node)
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: Optional[str] = None  # null: 127.0.0.1 and a free port
+    max_restarts: int = 0  # restarting from scratch only repeats work until resume exists
+    monitor_interval: float = 0.1
+    start_method: str = "spawn"  # spawn | fork | forkserver
+    omp_num_threads: Optional[int] = None  # null: CPU cores // ranks per node, at least 1
+    nodes: int = 1  # SLURM only
+    gpus_per_node: Optional[int] = None  # SLURM only; null: no GPU request
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -228,7 +242,7 @@ class Config:
     zero: ZeroConfig = MISSING
     data: DataConfig = MISSING
     logger: LoggerConfig = MISSING
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    launcher: LauncherConfig = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -248,5 +262,6 @@ def register_configs() -> None:
     cs.store(group="schema/projection", name="vit", node=ViTProjectionConfig)
     cs.store(group="schema/projection", name="perceiver", node=PerceiverProjectionConfig)
     cs.store(group="schema/zero", name="zero", node=ZeroConfig)
+    cs.store(group="schema/launcher", name="launcher", node=LauncherConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -44,9 +44,10 @@ def build_llama_decoder(
             rope_theta=rope_theta,
             tie_word_embeddings=False,
         )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM._from_config(config)  # HF init; under ZeRO-3 built partitioned
         model.set_attn_implementation(ATTENTION_IMPLEMENTATIONS[attention])
-    if model.get_input_embeddings().weight.shape[0] != vocab_size:
+    embedding = model.get_input_embeddings().weight
+    if getattr(embedding, "ds_shape", embedding.shape)[0] != vocab_size:  # ZeRO-3 shards report shape 0
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
     return model
 

@@ -102,7 +102,10 @@ class DSVLModel(nn.Module):
 
     def splice(self, images, input_ids, attention_mask, image_num, labels=None, padding_side="right", pad_to_multiple_of=None) -> SplicedBatch:
         text_embeds = self.embed_tokens(input_ids)
-        pad_embedding = self.embed_tokens.weight[self.pad_token_id].detach()
+        # through the module, not `.weight[...]`: under ZeRO-3 the weight is gathered only
+        # inside the embedding's own forward (generate runs outside the engine's hooks too)
+        pad_ids = torch.tensor([self.pad_token_id], device=input_ids.device)
+        pad_embedding = self.embed_tokens(pad_ids)[0].detach()
         return splice_images(
             text_embeds=text_embeds,
             input_ids=input_ids,

@@ -91,6 +91,6 @@ def build_clip_vision_tower(
             num_attention_heads=num_heads,
             intermediate_size=intermediate_size,
         )
-        model = CLIPVisionModel(config)
+        model = CLIPVisionModel._from_config(config)  # HF init; under ZeRO-3 built partitioned
         processor = clip_image_processor(image_size)
     return CLIPVisionTower(model, processor, feature_layer)

@@ -33,13 +33,19 @@ def init_process_group() -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend=backend)
-    if backend == "gloo" and dist.get_world_size() == 1:
+    if backend == "gloo":
         skip_cpu_shm_comm_build()
+    # DeepSpeed's comm layer wraps the group now, not at initialize: zero.Init (model
+    # construction under ZeRO-3) reads the world size from it before the engine exists.
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
 def skip_cpu_shm_comm_build() -> None:
-    """One CPU process has nothing to all-reduce through shared memory, but DeepSpeed's comm
-    backend would JIT-compile its shm op (~30 s on a fresh machine) at initialize. Mark the op
+    """DeepSpeed's CPU comm backend JIT-compiles its shared-memory op (~30 s on a fresh machine)
+    at initialize, in every rank. Only `inference_all_reduce` (tensor-parallel inference) uses
+    it; training collectives go through torch.distributed (gloo) either way. Mark the op
     unavailable, which is what DeepSpeed itself does on machines that cannot build it."""
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import deepspeed
 import torch
@@ -53,6 +55,24 @@ def deepspeed_config(
         "steps_per_print": 10**9,  # the loop logs; keep DeepSpeed's own printing quiet
         "wall_clock_breakdown": False,
     }
+
+
+@contextmanager
+def model_construction(ds_config: dict) -> Iterator[object | None]:
+    """Under ZeRO-3, parameters are partitioned across ranks as modules create them, so no rank
+    ever holds a whole model: `zero.Init` for models built from a config, and transformers'
+    `HfDeepSpeedConfig` so that `from_pretrained` and `resize_token_embeddings` partition and
+    gather too. Yields the HfDeepSpeedConfig, which the caller must keep referenced for as long
+    as the model is used (transformers holds it only weakly). `dtype` is not passed to
+    `zero.Init`: in DeepSpeed 0.19 any explicit dtype turns into bf16 on CPU."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield None
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    hf_deepspeed_config = HfDeepSpeedConfig(ds_config)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        yield hf_deepspeed_config
 
 
 def parameter_groups(model: nn.Module, lr: float, embedding_lr: float | None, weight_decay: float) -> list[dict]:

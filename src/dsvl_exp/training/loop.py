@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 from tqdm.auto import tqdm
 
+from dsvl_exp.training import distributed
 from dsvl_exp.training.evaluation import move_to
 from dsvl_exp.training.logging import MetricsLogger
 
@@ -20,6 +21,11 @@ def endless_batches(loader) -> Iterator[tuple[int, dict]]:
         for batch in loader:
             yield epoch, batch
         epoch += 1
+
+
+def new_window(first_step: int) -> dict:
+    return {"loss": 0.0, "micro_batches": 0, "tokens": 0, "samples": 0, "first_step": first_step,
+            "start": time.perf_counter()}
 
 
 def train_loop(
@@ -41,7 +47,7 @@ def train_loop(
     batches = endless_batches(train_loader)
     # disable=None: a bar on a terminal, nothing in a redirected log (metrics.jsonl has the numbers)
     progress = tqdm(total=max_steps, desc="train", disable=None if show_progress else True, dynamic_ncols=True)
-    window = {"loss": 0.0, "micro_batches": 0, "tokens": 0, "samples": 0, "start": time.perf_counter()}
+    window = new_window(1)
     last: dict = {}
     step = 0
     while step < max_steps:
@@ -61,17 +67,22 @@ def train_loop(
         if step % log_every_n_steps == 0 or step == max_steps:
             elapsed = time.perf_counter() - window["start"]
             grad_norm = engine.get_global_grad_norm()
+            # every rank's micro-batches, not only rank 0's (all ranks log at the same steps)
+            loss_sum, micro_batches, tokens, samples = distributed.all_reduce_sum(
+                [window["loss"], window["micro_batches"], window["tokens"], window["samples"]]
+            )
             last = {
-                "train/loss": window["loss"] / window["micro_batches"],
+                "train/loss": loss_sum / micro_batches,
                 "train/lr": lr_scheduler.get_last_lr()[0],
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "train/epoch": epoch,
-                "perf/tokens_per_s": window["tokens"] / elapsed,
-                "perf/samples_per_s": window["samples"] / elapsed,
+                "perf/tokens_per_s": tokens / elapsed,
+                "perf/samples_per_s": samples / elapsed,
+                "perf/step_time_s": elapsed / (step - window["first_step"] + 1),
             }
             logger.log(last, step=step)
             progress.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}")
-            window = {"loss": 0.0, "micro_batches": 0, "tokens": 0, "samples": 0, "start": time.perf_counter()}
+            window = new_window(step + 1)
 
         if eval_every_n_steps and step % eval_every_n_steps == 0 and step != max_steps:
             logger.log(evaluate(step), step=step)

@@ -30,8 +30,15 @@ from dsvl_exp.models.freezing import apply_freezing, count_parameters, resolve_t
 from dsvl_exp.models.lora import DECODER_TARGETS, add_lora
 from dsvl_exp.models.tokenizer import image_token_id
 from dsvl_exp.training import distributed
-from dsvl_exp.training.engine import build_engine, deepspeed_config, parameter_groups, warmup_steps_for
+from dsvl_exp.training.engine import (
+    build_engine,
+    deepspeed_config,
+    model_construction,
+    parameter_groups,
+    warmup_steps_for,
+)
 from dsvl_exp.training.evaluation import evaluate_answers, evaluate_loss
+from dsvl_exp.training.footprint import write_rank_footprint
 from dsvl_exp.training.logging import MetricsLogger
 from dsvl_exp.training.loop import train_loop
 from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
@@ -118,9 +125,20 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)
 
+    ds_config = deepspeed_config(
+        zero=OmegaConf.to_container(cfg.zero, resolve=True),
+        micro_batch_size=cfg.train.micro_batch_size,
+        grad_accum=cfg.train.grad_accum,
+        world_size=world,
+        precision=cfg.train.precision,
+        gradient_clipping=cfg.train.gradient_clipping,
+    )
+
     # ---- model -------------------------------------------------------------------------------
     tokenizer = instantiate(cfg.tokenizer)
-    model = build_model(cfg, tokenizer)
+    # ZeRO-3: built partitioned; the yielded HfDeepSpeedConfig must outlive the model's use
+    with model_construction(ds_config) as hf_deepspeed_config:  # noqa: F841
+        model = build_model(cfg, tokenizer)
     configure_training(model, cfg)
     parameter_counts = count_parameters(model)
     if rank_zero:
@@ -194,14 +212,6 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         max_steps = int(cfg.train.epochs) * math.ceil(len(train_loader) / cfg.train.grad_accum)
     else:
         raise ValueError("set train.max_steps or train.epochs")
-    ds_config = deepspeed_config(
-        zero=OmegaConf.to_container(cfg.zero, resolve=True),
-        micro_batch_size=cfg.train.micro_batch_size,
-        grad_accum=cfg.train.grad_accum,
-        world_size=world,
-        precision=cfg.train.precision,
-        gradient_clipping=cfg.train.gradient_clipping,
-    )
     groups = parameter_groups(model, cfg.optim.lr, cfg.optim.embedding_lr, cfg.optim.weight_decay)
     engine, lr_scheduler = build_engine(
         model,
@@ -259,6 +269,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
     summary = {**last_train, **final_eval, "steps": max_steps}
     logger.summary(summary)
     logger.close()
+    write_rank_footprint(run_dir, engine, rank, world)
     if rank_zero:
         print_summary(run_dir, summary)
     return float(summary[cfg.eval.monitor])

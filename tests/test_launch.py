@@ -1,0 +1,142 @@
+"""Launch plumbing without starting ranks: rank variables, OMP threads, the deepspeed
+launcher's argument, the SLURM mapping and the sbatch script the submitit launcher writes."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from dsvl_exp.config.schema import register_configs
+from dsvl_exp.train import CONFIG_DIR
+from dsvl_exp.training import rendezvous
+from dsvl_exp.training.launch import check_local_settings, launch_config
+
+register_configs()
+
+
+def compose_config(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_external_launcher_is_detected_from_torch_rank_variables():
+    assert rendezvous.started_by_external_launcher({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert not rendezvous.started_by_external_launcher({"RANK": "0"})
+    assert not rendezvous.started_by_external_launcher({})
+
+
+def test_local_world_size_from_torchrun_or_deepspeed():
+    assert rendezvous.local_world_size({"LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}) == 4
+    assert rendezvous.local_world_size({"LOCAL_SIZE": "2", "WORLD_SIZE": "8"}) == 2  # deepspeed launcher
+    assert rendezvous.local_world_size({"WORLD_SIZE": "3"}) == 3
+
+
+def test_omp_threads_share_the_cores_at_least_one_each():
+    assert rendezvous.omp_threads_per_rank(16, 4) == 4
+    assert rendezvous.omp_threads_per_rank(2, 2) == 1
+    assert rendezvous.omp_threads_per_rank(2, 8) == 1
+    assert rendezvous.omp_threads_per_rank(16, 4, configured=3) == 3
+    with pytest.raises(ValueError, match="launcher.omp_num_threads=0"):
+        rendezvous.omp_threads_per_rank(16, 4, configured=0)
+
+
+def test_deepspeed_local_rank_argument_is_removed_before_hydra_parses():
+    kept, local_rank = rendezvous.without_local_rank_argument(["--local_rank=1", "zero=3", "train.max_steps=5"])
+    assert kept == ["zero=3", "train.max_steps=5"] and local_rank == 1
+    kept, local_rank = rendezvous.without_local_rank_argument(["zero=3", "--local_rank", "0"])
+    assert kept == ["zero=3"] and local_rank == 0
+    assert rendezvous.without_local_rank_argument(["zero=2"]) == (["zero=2"], None)
+
+
+SLURM_TASK = {
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "8",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_JOB_NODELIST": "gpu[003-004]",
+    "SLURM_JOB_ID": "123456",
+}
+
+
+def test_slurm_task_maps_to_torch_rank_variables():
+    env = rendezvous.slurm_rendezvous_env(SLURM_TASK)
+    assert env == {
+        "RANK": "5",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "gpu003",
+        "MASTER_PORT": str(20000 + 123456 % 40000),
+    }
+    # every task of the job computes the same master without talking
+    assert rendezvous.slurm_rendezvous_env({**SLURM_TASK, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"})["MASTER_PORT"] == env["MASTER_PORT"]
+    assert rendezvous.slurm_rendezvous_env({**SLURM_TASK, "MASTER_PORT": "29500"})["MASTER_PORT"] == "29500"
+
+
+def test_first_slurm_host_of_node_lists():
+    assert rendezvous.first_slurm_host("node17") == "node17"
+    assert rendezvous.first_slurm_host("gpu[010-012,020],cpu7") == "gpu010"
+    assert rendezvous.first_slurm_host("a1,b[2-3]") == "a1"
+
+
+def test_slurm_mapping_outside_slurm_names_what_is_missing():
+    with pytest.raises(RuntimeError, match="SLURM_PROCID.*launcher=slurm"):
+        rendezvous.slurm_rendezvous_env({})
+
+
+def test_local_launch_config_is_one_node_c10d():
+    config = launch_config(nproc_per_node=2, rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:29400", max_restarts=0,
+                           monitor_interval=0.1, start_method="spawn", run_id="abc")
+    assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (1, 1, 2)
+    assert (config.rdzv_backend, config.rdzv_endpoint, config.start_method, config.max_restarts) == ("c10d", "127.0.0.1:29400", "spawn", 0)
+
+
+def test_impossible_local_settings_fail_naming_the_key():
+    with pytest.raises(ValueError, match="launcher.nproc_per_node=0"):
+        check_local_settings(0, "spawn")
+    with pytest.raises(ValueError, match="launcher.start_method='thread'"):
+        check_local_settings(2, "thread")
+    import torch
+
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="launcher.nproc_per_node=4096 but only"):
+            check_local_settings(4096, "spawn")
+    else:  # allowed on CPU (ranks share cores), but said
+        with pytest.warns(UserWarning, match="launcher.nproc_per_node=4096 is more than"):
+            check_local_settings(4096, "spawn")
+
+
+def test_launcher_group_defaults_to_one_local_rank():
+    cfg = compose_config("launcher.nproc_per_node=2")
+    assert cfg.launcher.kind == "local" and cfg.launcher.nproc_per_node == 2 and cfg.launcher.rdzv_backend == "c10d"
+    with pytest.raises(Exception, match="nproc_per_node"):
+        compose_config("launcher.nproc_per_node=two")
+
+
+def test_slurm_launcher_composes_and_writes_the_expected_sbatch(tmp_path, monkeypatch):
+    cfg = compose_config("launcher=slurm", "launcher.nodes=2", "launcher.nproc_per_node=4", "launcher.gpus_per_node=4",
+                         "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 'sweep'}", hydra=True)
+    assert cfg.launcher.kind == "slurm"
+    assert cfg.hydra.launcher._target_.endswith("hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+    assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (2, 4, 4)
+
+    # Drive the real plugin up to submission: it builds submitit's SLURM executor (which only
+    # checks that `srun` exists) and hands it the job array; capture the sbatch script instead.
+    fake_srun = tmp_path / "bin" / "srun"
+    fake_srun.parent.mkdir()
+    fake_srun.write_text("#!/bin/sh\n")
+    fake_srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_srun.parent}:/usr/bin:/bin")
+    import submitit
+
+    scripts = []
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array",
+                        lambda self, fn, *args: scripts.append(self._executor._make_submission_file_text("python job.py", "0")) or [])
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    launcher.launch([["launcher=slurm"]], initial_job_idx=0)
+    (script,) = scripts
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu"):
+        assert line in script.splitlines(), line
+    assert "srun" in script
