@@ -181,6 +181,7 @@ class TrainConfig:
     epochs: Optional[int] = None
     micro_batch_size: int = 8
     grad_accum: int = 1
+    global_batch_size: Optional[int] = None  # when set: grad_accum = global / (micro x ranks)
     precision: str = "fp32"  # fp32 | bf16 | fp16
     gradient_clipping: float = 1.0
     # what trains: true | false | auto (auto: only when randomly initialised); vision and

@@ -75,6 +75,20 @@ def model_construction(ds_config: dict) -> Iterator[object | None]:
         yield hf_deepspeed_config
 
 
+def resolve_grad_accum(global_batch_size: int | None, micro_batch_size: int, world_size: int, grad_accum: int) -> int:
+    """`train.global_batch_size`, when set, decides the accumulation steps for this world size
+    (the reference's "global batch 128 = GPUs x micro-batch x accumulation")."""
+    if global_batch_size is None:
+        return grad_accum
+    per_step = micro_batch_size * world_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size={global_batch_size} is not a multiple of train.micro_batch_size="
+            f"{micro_batch_size} x {world_size} rank(s); change one of them (or unset global_batch_size and use train.grad_accum)"
+        )
+    return global_batch_size // per_step
+
+
 def parameter_groups(model: nn.Module, lr: float, embedding_lr: float | None, weight_decay: float) -> list[dict]:
     """decay / no-decay x base / embedding learning rate, over trainable parameters.
 

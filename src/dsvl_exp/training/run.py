@@ -33,6 +33,7 @@ from dsvl_exp.training import distributed
 from dsvl_exp.training.engine import (
     build_engine,
     deepspeed_config,
+    resolve_grad_accum,
     model_construction,
     parameter_groups,
     warmup_steps_for,
@@ -125,10 +126,11 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)
 
+    grad_accum = resolve_grad_accum(cfg.train.global_batch_size, cfg.train.micro_batch_size, world, cfg.train.grad_accum)
     ds_config = deepspeed_config(
         zero=OmegaConf.to_container(cfg.zero, resolve=True),
         micro_batch_size=cfg.train.micro_batch_size,
-        grad_accum=cfg.train.grad_accum,
+        grad_accum=grad_accum,
         world_size=world,
         precision=cfg.train.precision,
         gradient_clipping=cfg.train.gradient_clipping,
@@ -209,7 +211,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.train.max_steps is not None:
         max_steps = int(cfg.train.max_steps)
     elif cfg.train.epochs is not None:
-        max_steps = int(cfg.train.epochs) * math.ceil(len(train_loader) / cfg.train.grad_accum)
+        max_steps = int(cfg.train.epochs) * math.ceil(len(train_loader) / grad_accum)
     else:
         raise ValueError("set train.max_steps or train.epochs")
     groups = parameter_groups(model, cfg.optim.lr, cfg.optim.embedding_lr, cfg.optim.weight_decay)
@@ -258,7 +260,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         logger,
         evaluate,
         max_steps=max_steps,
-        grad_accum=cfg.train.grad_accum,
+        grad_accum=grad_accum,
         tokens_per_image=model.tokens_per_image,
         log_every_n_steps=cfg.train.log_every_n_steps,
         eval_every_n_steps=cfg.eval.every_n_steps,
