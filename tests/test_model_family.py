@@ -11,7 +11,7 @@ from dsvl_exp.models.projection import build_baseline_projection, build_perceive
 from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
 from dsvl_exp.models.tokenizer import image_token_id
 from dsvl_exp.models.vision import build_clip_vision_tower
-from dsvl_exp.training.run import vision_facts
+from dsvl_exp.training.model_setup import vision_facts
 from test_model import batch_for
 
 PROJECTIONS = {"baseline": build_baseline_projection, "vit": build_vit_projection, "perceiver": build_perceiver_projection}
@@ -100,7 +100,7 @@ def test_config_builds_every_allowed_pair_and_lora(tokenizer):
     from hydra.errors import InstantiationException
     from test_config import compose_cfg
 
-    from dsvl_exp.training.run import build_model, configure_training
+    from dsvl_exp.training.model_setup import build_model, configure_training
 
     for overrides, tokens in ((["vision=qwen"], 16), (["projection=vit"], 17), (["projection=perceiver"], 16)):
         cfg = compose_cfg(*overrides)

@@ -31,7 +31,7 @@ def pretrained_dirs(tmp_path_factory):
 
 
 def test_build_model_loads_saved_weights(pretrained_dirs):
-    from dsvl_exp.training.run import build_model
+    from dsvl_exp.training.model_setup import build_model
     from hydra.utils import instantiate
 
     root, vision, decoder = pretrained_dirs

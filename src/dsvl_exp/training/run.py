@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
@@ -25,85 +23,24 @@ from dsvl_exp.data.fingerprint import data_fingerprint
 from dsvl_exp.data.length import fit_to_max_seq_len
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
-from dsvl_exp.models.dsvl import DSVLModel
-from dsvl_exp.models.freezing import apply_freezing, count_parameters, resolve_trainable
-from dsvl_exp.models.lora import DECODER_TARGETS, add_lora
-from dsvl_exp.models.tokenizer import image_token_id
+from dsvl_exp.models.freezing import count_parameters
 from dsvl_exp.training import distributed
 from dsvl_exp.training.engine import (
     build_engine,
     deepspeed_config,
-    resolve_grad_accum,
     model_construction,
     parameter_groups,
+    resolve_grad_accum,
     warmup_steps_for,
 )
 from dsvl_exp.training.evaluation import evaluate_answers, evaluate_loss
 from dsvl_exp.training.footprint import write_rank_footprint
 from dsvl_exp.training.logging import MetricsLogger
+from dsvl_exp.training.model_setup import build_model, configure_training
 from dsvl_exp.training.loop import train_loop
 from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
 
 log = logging.getLogger(__name__)
-
-
-def build_model(cfg: DictConfig, tokenizer) -> DSVLModel:
-    log.info("Instantiating vision <%s>", cfg.vision._target_)
-    vision = instantiate(cfg.vision)
-    log.info("Instantiating decoder <%s>", cfg.decoder._target_)
-    decoder = instantiate(cfg.decoder, vocab_size=len(tokenizer))
-    log.info("Instantiating projection <%s>", cfg.projection._target_)
-    projection = instantiate(
-        cfg.projection,
-        vision_hidden_size=vision.hidden_size,
-        decoder_hidden_size=decoder.config.hidden_size,
-        **vision_facts(vision),
-    )
-    return DSVLModel(
-        vision=vision,
-        projection=projection,
-        decoder=decoder,
-        image_token_id=image_token_id(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        image_order=cfg.model.image_order,
-        pad_to_multiple_of=cfg.model.pad_to_multiple_of,
-    )
-
-
-def vision_facts(vision) -> dict:
-    """What a projection may need to know about the encoder in front of it."""
-    return {
-        "vision_num_heads": getattr(vision, "num_heads", None),
-        "vision_intermediate_size": getattr(vision, "intermediate_size", None),
-        "vision_hidden_act": getattr(vision, "hidden_act", "quick_gelu"),
-        "vision_has_cls_token": getattr(vision, "has_cls_token", False),
-        "vision_resamples": getattr(vision, "resamples", False),
-    }
-
-
-def configure_training(model: DSVLModel, cfg: DictConfig) -> None:
-    """LoRA adapters, freezing (train.*) and gradient checkpointing, in that order."""
-    vision = resolve_trainable(cfg.train.vision, cfg.vision.pretrained, "train.vision", allow_lora=True)
-    decoder = resolve_trainable(cfg.train.decoder, cfg.decoder.pretrained, "train.decoder", allow_lora=True)
-    for part, choice, module, default_targets in (
-        ("vision", vision, model.vision, getattr(model.vision, "lora_target_modules", None)),
-        ("decoder", decoder, model.decoder, DECODER_TARGETS),
-    ):
-        if choice == "lora":
-            settings = OmegaConf.to_container(cfg.lora[part], resolve=True)
-            targets = settings["target_modules"] if settings["target_modules"] is not None else default_targets
-            count = add_lora(module, settings["r"], settings["alpha"], settings["dropout"], targets, part)
-            log.info("LoRA r=%d alpha=%s on %d %s layers", settings["r"], settings["alpha"], count, part)
-    apply_freezing(
-        model,
-        vision=vision,
-        projection=resolve_trainable(cfg.train.projection, None, "train.projection"),
-        embeddings=resolve_trainable(cfg.train.embeddings, cfg.decoder.pretrained, "train.embeddings"),
-        decoder=decoder,
-    )
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
 
 
 def check_monitor(monitor: str, generation: bool) -> None:
