@@ -54,3 +54,25 @@ def test_bad_data_fails_before_training_with_a_clear_message(tmp_path):
     with pytest.raises(AssertionError, match=r"d\.jsonl:1: image file not found: .*missing\.png"):
         run_train(tmp_path / "run", "data=native", f"data.train.0.path={data}", f"data.eval.0.path={data}")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_multirun_over_zero_stages_as_typed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "dsvl_exp.train", "-m", "zero=2,3", "experiment=smoke", "train.max_steps=4",
+               "eval.generation=false", "eval.monitor=eval/loss", "train.progress_bar=false", f"hydra.sweep.dir={sweep_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    stages = {}
+    for job in ("0", "1"):
+        saved = yaml.safe_load((sweep_dir / job / "config.yaml").read_text())
+        stages[job] = saved["zero"]["stage"]
+        assert read_metrics(sweep_dir / job)[-1]["eval/loss"] > 0
+    assert stages == {"0": 2, "1": 3}
