@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dsvl_exp.models.qwen_vit import build_qwen_vision_tower, sincos_2d
+from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
+from dsvl_exp.models.resampler import sincos_2d
 from helpers import REPO
 
 TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_size=48, output_dim=64, num_queries=16)

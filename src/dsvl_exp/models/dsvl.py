@@ -11,7 +11,8 @@ from torch import nn
 
 from dsvl_exp.data.template import IGNORE_INDEX
 from dsvl_exp.models.generation import decode
-from dsvl_exp.models.mmca import MMCA_IMPLEMENTATIONS, TOKEN_TYPES_KWARG
+from dsvl_exp.models.decoder import uses_mmca
+from dsvl_exp.models.mmca import TOKEN_TYPES_KWARG
 from dsvl_exp.models.splice import SplicedBatch, splice_images
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class DSVLModel(nn.Module):
 
     @property
     def uses_mmca(self) -> bool:
-        return self.decoder.config._attn_implementation in MMCA_IMPLEMENTATIONS
+        return uses_mmca(self.decoder)
 
     def mask_kwargs(self, token_types: torch.Tensor) -> dict:
         """The decoder's mask argument for 0/1/2 token types: MMCA reads the types themselves."""

@@ -9,7 +9,6 @@ is an argument, so tests and the tiny default build a small tower of the same ar
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -17,48 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dsvl_exp.models.resampler import Resampler, resize_positions
 from dsvl_exp.models.vision import clip_image_processor
 
 # Qwen-VL learns a 16x16 positional table whatever the patch grid, and interpolates it.
 POSITIONAL_GRID = 16
-
-
-def sincos_2d(embed_dim: int, grid_size: int) -> torch.Tensor:
-    """[grid_size**2, embed_dim] fixed 2-D sin-cos table, MAE layout (first half encodes the
-    grid's second meshgrid axis, as Qwen-VL's `get_2d_sincos_pos_embed`)."""
-    if embed_dim % 4:
-        raise ValueError(f"a 2-D sin-cos position table needs a width divisible by 4, got {embed_dim}")
-    coords = torch.arange(grid_size, dtype=torch.float64)
-    grid_w, grid_h = torch.meshgrid(coords, coords, indexing="xy")  # meshgrid(w, h), w first
-
-    def one_axis(positions: torch.Tensor, dim: int) -> torch.Tensor:
-        omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
-        angles = positions.reshape(-1, 1) * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    table = torch.cat([one_axis(grid_w, embed_dim // 2), one_axis(grid_h, embed_dim // 2)], dim=1)
-    return table.float()
-
-
-def resize_positions(table: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Bicubic resize of a square [side**2, dim] table to [num_tokens, dim] (a square grid)."""
-    source, target = int(math.sqrt(table.shape[0])), int(math.sqrt(num_tokens))
-    if source == target:
-        return table
-    grid = table.float().reshape(1, source, source, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(target, target), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).flatten(0, 2).to(table.dtype)
-
-
-class TruncNormalLinear(nn.Linear):
-    """nn.Linear initialised trunc_normal(0.02) / zero bias by itself: under ZeRO-3's zero.Init
-    a child's weights are partitioned once its constructor returns, so a parent-level init loop
-    would touch only empty shards."""
-
-    def reset_parameters(self) -> None:
-        nn.init.trunc_normal_(self.weight, std=0.02)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
 
 class VisualAttention(nn.Module):
@@ -110,30 +72,6 @@ class Transformer(nn.Module):
             else:
                 x = block(x)
         return x
-
-
-class Resampler(nn.Module):
-    """Learned queries (a square grid, fixed sin-cos positions) cross-attend to the patch tokens."""
-
-    def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int):
-        super().__init__()
-        grid = int(math.sqrt(num_queries))
-        if grid * grid != num_queries:
-            raise ValueError(f"vision.num_queries={num_queries} must be a square (a query grid); e.g. 256 = 16x16")
-        # A frozen Parameter, not a buffer: Qwen-VL's state dict carries it (attn_pool.pos_embed).
-        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, grid), requires_grad=False)
-        self.query = nn.Parameter(torch.empty(num_queries, embed_dim))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.kv_proj = TruncNormalLinear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
-        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
-        self.ln_q = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.ln_kv = nn.LayerNorm(embed_dim, eps=1e-6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key_positions = resize_positions(self.pos_embed, x.shape[1])
-        x = self.ln_kv(self.kv_proj(x))
-        query = (self.ln_q(self.query) + self.pos_embed).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return self.attn(query, x + key_positions, x, need_weights=False)[0]
 
 
 class QwenVisionTransformer(nn.Module):
