@@ -19,7 +19,14 @@ from pathlib import Path
 
 from dsvl_exp.data.cache import cached_json
 from dsvl_exp.data.conversation import Conversation, Round
-from dsvl_exp.data.formats.common import field, load_annotations, nonempty_answer, require_dir, require_file, strip_image_tag
+from dsvl_exp.data.formats.common import (
+    coco_train2017,
+    field,
+    load_annotations,
+    nonempty_answer,
+    require_file,
+    strip_image_tag,
+)
 from dsvl_exp.data.formats.llava import LLAVA_URL, turn_pairs
 from dsvl_exp.data.formats.mimicit import MIMICIT_URL, merge_related
 from dsvl_exp.data.formats.registry import LoadedDataset, register
@@ -66,7 +73,7 @@ def blend_rounds(sample: dict, by_image: dict, rng: random.Random, where: str) -
 
 @register("llava_otter_blend")
 def read_blend(root: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
-    images = require_dir(Path(image_dir or root / "coco/train2017"), "llava_otter_blend", "https://cocodataset.org/#download")
+    images = coco_train2017(root, image_dir, "llava_otter_blend")
     llava_paths = [require_file(root / "llava" / n, "llava_otter_blend", LLAVA_URL) for n in LLAVA_FILES]
     raw_path = require_file(root / "MIMIC-IT/CGD_instructions.json", "llava_otter_blend", MIMICIT_URL)
     by_image = cached_json(root / "LlavaOtterBlendDataset_instructions_llava.json", lambda: llava_by_image(llava_paths), "llava_otter_blend")

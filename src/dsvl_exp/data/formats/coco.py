@@ -13,11 +13,17 @@ from pathlib import Path
 
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
-from dsvl_exp.data.formats.common import field, load_annotations, nonempty_answer, require_dir, require_file
+from dsvl_exp.data.formats.common import (
+    COCO_URL,
+    coco_train2017,
+    field,
+    load_annotations,
+    nonempty_answer,
+    require_dir,
+    require_file,
+)
 from dsvl_exp.data.formats.prompts import CAPTION_QUESTIONS, REASON_QUESTIONS
 from dsvl_exp.data.formats.registry import LoadedDataset, register
-
-COCO_URL = "https://cocodataset.org/#download"
 
 
 def single_image_conversation(conv_id: str, image: Path, question: str, answer: str, source: str) -> Conversation:
@@ -37,7 +43,7 @@ def aokvqa_conversation(record: dict, image_dir: Path, rng: random.Random, where
 
 @register("aokvqa")
 def read_aokvqa(root: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
-    images = require_dir(Path(image_dir or root / "coco/train2017"), "aokvqa", COCO_URL)
+    images = coco_train2017(root, image_dir, "aokvqa")
     path = require_file(root / "aokvqa/annotations/aokvqa_v1p0_train.json", "aokvqa", "https://allenai.org/project/a-okvqa/home")
     records = load_annotations(path, "aokvqa")
     conversations = [aokvqa_conversation(r, images, rng, f"{path}[{i}]") for i, r in enumerate(records)]

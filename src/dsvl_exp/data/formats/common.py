@@ -9,6 +9,9 @@ from dsvl_exp.data.cache import load_json
 from dsvl_exp.data.errors import DataError
 
 
+COCO_URL = "https://cocodataset.org/#download"
+
+
 def require_file(path: Path, dataset: str, source: str) -> Path:
     if not path.is_file():
         raise DataError(f"{dataset}: annotation file {path} not found; download it from {source} and place it there")
@@ -19,6 +22,11 @@ def require_dir(path: Path, dataset: str, source: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{dataset}: image directory {path} not found; download the images from {source} into it")
     return path
+
+
+def coco_train2017(root: Path, image_dir: Path | None, dataset: str) -> Path:
+    """The COCO train2017 images most reference datasets point into (or `image_dir` when set)."""
+    return require_dir(Path(image_dir or root / "coco/train2017"), dataset, COCO_URL)
 
 
 def load_annotations(path: Path, dataset: str, key: str | None = None) -> Any:

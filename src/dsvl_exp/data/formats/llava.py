@@ -12,11 +12,17 @@ from pathlib import Path
 
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
-from dsvl_exp.data.formats.common import field, load_annotations, nonempty_answer, require_dir, require_file, strip_image_tag
+from dsvl_exp.data.formats.common import (
+    coco_train2017,
+    field,
+    load_annotations,
+    nonempty_answer,
+    require_file,
+    strip_image_tag,
+)
 from dsvl_exp.data.formats.registry import LoadedDataset, register
 
 LLAVA_URL = "https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K"
-COCO_URL = "https://cocodataset.org/#download"
 
 
 def turn_pairs(turns: list, where: str) -> list[tuple[str, str]]:
@@ -53,13 +59,13 @@ def read_llava_files(paths: list[Path], image_dir: Path, first_turn_only: bool, 
 
 @register("llava")
 def read_llava(root: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
-    images = require_dir(Path(image_dir or root / "coco/train2017"), "llava", COCO_URL)
+    images = coco_train2017(root, image_dir, "llava")
     paths = [require_file(root / f"llava/{n}", "llava", LLAVA_URL) for n in ("detail_23k.json", "complex_reasoning_77k.json")]
     return LoadedDataset(read_llava_files(paths, images, True, "llava"), tuple(paths))
 
 
 @register("llava_dial")
 def read_llava_dial(root: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
-    images = require_dir(Path(image_dir or root / "coco/train2017"), "llava_dial", COCO_URL)
+    images = coco_train2017(root, image_dir, "llava_dial")
     path = require_file(root / "llava/conversation_58k.json", "llava_dial", LLAVA_URL)
     return LoadedDataset(read_llava_files([path], images, False, "llava_dial"), (path,))

@@ -18,9 +18,8 @@ from dsvl_exp.data.cache import load_json
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.common import nonempty_answer
-from dsvl_exp.data.formats.native import resolve_image, strip_image_tokens
+from dsvl_exp.data.formats.native import check_placeholders, resolve_image, strip_image_tokens
 from dsvl_exp.data.formats.registry import LoadedDataset, register
-from dsvl_exp.data.template import IMAGE_TOKEN
 
 
 def parse_llava_record(record: dict, where: str, image_dir: Path) -> Conversation:
@@ -41,12 +40,7 @@ def parse_llava_record(record: dict, where: str, image_dir: Path) -> Conversatio
         question, count = strip_image_tokens(str(human.get("value", "")))
         answer = nonempty_answer(gpt.get("value"), f"{where}: conversations[{k + 1}].value")
         rounds.append(Round(question, answer.strip(), count))
-    placeholders = sum(r.num_images for r in rounds)
-    if placeholders != len(images):
-        raise DataError(
-            f"{where}: {placeholders} '{IMAGE_TOKEN}' placeholder(s) in the human turns but {len(images)} image(s) "
-            "in 'image'; they must match one to one"
-        )
+    check_placeholders(rounds, len(images), where, "the human turns", "image")
     return Conversation(
         id=str(record.get("id", where)), images=tuple(resolve_image(i, image_dir) for i in images),
         rounds=tuple(rounds), source=where,

@@ -21,7 +21,14 @@ from pathlib import Path
 from dsvl_exp.data.cache import cached_json
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
-from dsvl_exp.data.formats.common import field, load_annotations, nonempty_answer, require_dir, require_file, strip_image_tag
+from dsvl_exp.data.formats.common import (
+    coco_train2017,
+    field,
+    load_annotations,
+    nonempty_answer,
+    require_file,
+    strip_image_tag,
+)
 from dsvl_exp.data.formats.registry import LoadedDataset, register
 
 MIMICIT_URL = "https://huggingface.co/datasets/pufanyi/MIMICIT"
@@ -64,7 +71,7 @@ def shuffled_rounds(sample: dict, num_images: int, rng: random.Random, where: st
 
 
 def read_coco_subset(root: Path, rng: random.Random, image_dir: Path | None) -> LoadedDataset:
-    images = require_dir(Path(image_dir or root / "coco/train2017"), "otter_mimicit_cgd", "https://cocodataset.org/#download")
+    images = coco_train2017(root, image_dir, "otter_mimicit_cgd")
     raw_path = require_file(root / "MIMIC-IT/CGD_instructions.json", "otter_mimicit_cgd", MIMICIT_URL)
     merged_path = root / "MIMIC-IT/CGD_instructions_merged.json"
     merged = cached_json(

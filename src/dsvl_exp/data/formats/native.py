@@ -27,6 +27,16 @@ def strip_image_tokens(question: str) -> tuple[str, int]:
     return text.strip(), count
 
 
+def check_placeholders(rounds: list[Round], num_images: int, where: str, texts: str, images_field: str) -> None:
+    """Every `<image>` placeholder needs exactly one image, and every image a placeholder."""
+    placeholders = sum(r.num_images for r in rounds)
+    if placeholders != num_images:
+        raise DataError(
+            f"{where}: {placeholders} '{IMAGE_TOKEN}' placeholder(s) in {texts} but {num_images} image(s) "
+            f"in '{images_field}'; they must match one to one"
+        )
+
+
 def resolve_image(entry: str, base_dir: Path) -> str:
     if entry.startswith("base64:"):
         return entry
@@ -52,12 +62,7 @@ def parse_record(record: dict, where: str, base_dir: Path) -> Conversation:
             raise DataError(f"{where}: rounds[{k}].answer is empty or missing; every round needs an answer to train on")
         question, count = strip_image_tokens(item["question"])
         rounds.append(Round(question=question, answer=answer.strip(), num_images=count))
-    placeholders = sum(r.num_images for r in rounds)
-    if placeholders != len(images_raw):
-        raise DataError(
-            f"{where}: {placeholders} '{IMAGE_TOKEN}' placeholder(s) in the questions but "
-            f"{len(images_raw)} image(s) in 'images'; they must match one to one"
-        )
+    check_placeholders(rounds, len(images_raw), where, "the questions", "images")
     conv_id = str(record.get("id", where))
     images = tuple(resolve_image(i, base_dir) for i in images_raw)
     return Conversation(id=conv_id, images=images, rounds=tuple(rounds), source=str(where))
