@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dsvl_exp.data.collate import round_up
 from dsvl_exp.data.template import IGNORE_INDEX
 
 IMAGE_ORDERS = ("forward", "reversed_legacy")
@@ -35,10 +36,6 @@ def _image_permutation(image_num: list[int], image_order: str, device) -> torch.
         ranges.append(block.flip(0) if image_order == "reversed_legacy" else block)
         start += count
     return torch.cat(ranges) if ranges else torch.zeros(0, dtype=torch.long, device=device)
-
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def splice_images(
