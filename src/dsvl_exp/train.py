@@ -29,7 +29,8 @@ from dsvl_exp.config.overrides import quote_numeric_group_choices
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.training import rendezvous
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 register_configs()
 
