@@ -13,12 +13,15 @@ is the task's return value.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import uuid
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from dsvl_exp.training import rendezvous
@@ -118,6 +121,13 @@ def launch_local_ranks(cfg: DictConfig, run_dir: Path) -> float:
         results = elastic_launch(config, run_rank)(
             OmegaConf.to_container(cfg, resolve=True), str(run_dir), threads, log_file
         )
+    except SignalException as stop:
+        # SIGTERM/SIGINT: the agent forwarded it to the ranks, which finished their step, saved a
+        # checkpoint and exited (torch's agent allows them 30 s before SIGKILL; the previous
+        # checkpoint stays intact if a save takes longer).
+        log.warning("Stopped by %s; resume with the same command plus hydra.run.dir=%s resume=auto",
+                    signal.Signals(stop.sigval).name, run_dir)
+        return math.nan
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS")
