@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from dsvl_exp.export import export_checkpoint
 from dsvl_exp.models.dsvl import DSVLModel
 from helpers import REPO
 
@@ -64,12 +65,11 @@ def test_export_of_a_non_checkpoint_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_zero3_two_ranks_export_gathers_everything(tmp_path):
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-         str(SCRIPT), str(tmp_path), "zero=3", "zero.stage3_param_persistence_threshold=0"])
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(SCRIPT), str(tmp_path), "zero='3'", "zero.stage3_param_persistence_threshold=0"])
     expected = torch.load(tmp_path / "expected.pt", weights_only=True)
     loss, logits = logits_of(tmp_path / "export", expected)
     assert torch.allclose(logits, expected["logits"], atol=1e-6) and torch.allclose(loss, expected["loss"], atol=1e-6)
     # the ZeRO-3 checkpoint consolidates to the same weights
-    run([sys.executable, "-m", "dsvl_exp.export", str(tmp_path / "run" / "checkpoints" / "step-00000002"),
-         "--out", str(tmp_path / "from_checkpoint")])
+    export_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000002", tmp_path / "from_checkpoint")
     assert torch.equal(logits_of(tmp_path / "from_checkpoint", expected)[1], logits)
