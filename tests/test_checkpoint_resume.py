@@ -111,6 +111,13 @@ def test_checkpoint_layout_best_and_keep_last(reference_run):
     best = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag="best")
     assert final.keys() == best.keys() and len(final) > 10
     assert (best_step == 12) != any(not (final[k] == best[k]).all() for k in final)
+    # checkpoint.export: <run>/export from the final weights, <run>/best from the best checkpoint
+    from safetensors.torch import load_file
+
+    for folder, weights in (("export", final), ("best", best)):
+        exported = load_file(reference_run / folder / "model.safetensors")
+        shared = exported.keys() & weights.keys()
+        assert len(shared) > 10 and all((exported[k] == weights[k]).all() for k in shared), folder
 
 
 def test_fresh_run_refuses_a_used_run_directory_and_resume_refuses_a_changed_config(reference_run, tmp_path):
