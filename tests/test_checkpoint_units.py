@@ -238,3 +238,12 @@ def test_a_save_failing_half_way_leaves_the_previous_checkpoint_and_latest(tmp_p
     assert report["failed"] and report["calls"] == 2
     assert report["state"] == {"step": 1} and report["restored"]  # `latest` still named step 1, and it loads
     assert report["latest_after_retry"] == "step-00000002" and report["staging_after_retry"] == []
+
+
+def test_nonfinite_weights_are_detected_before_a_save():
+    module = torch.nn.Linear(2, 2)
+    engine = type("Engine", (), {"module": module})()
+    assert checkpoints.parameters_finite(engine)
+    with torch.no_grad():
+        module.bias[1] = math.inf
+    assert not checkpoints.parameters_finite(engine)
