@@ -260,7 +260,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("the data differ from the checkpoint's (fingerprint %s, now %s): the resumed run sees other data",
                     resumed.get("data_sha256"), fingerprint.get("sha256"))
 
-    wandb_run_id = resumed.get("wandb_run_id") or uuid.uuid4().hex[:8]
+    # the same W&B run when continuing this run directory; a new one for a fork into another
+    same_run = source is not None and source.resolve().parent == checkpoint_dir.resolve()
+    wandb_run_id = (resumed.get("wandb_run_id") if same_run else None) or uuid.uuid4().hex[:8]
     logger = MetricsLogger(run_dir, wandb_settings=config["logger"]["wandb"], config=config, enabled=rank_zero,
                            run_id=wandb_run_id)
     eval_set = eval_loader.dataset
