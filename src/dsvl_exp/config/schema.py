@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from dsvl_exp.data.template import DEFAULT_SYSTEM_PROMPT
+from dsvl_exp.constants import DEFAULT_SYSTEM_PROMPT
 
 
 # ---- model parts -----------------------------------------------------------------------------
