@@ -82,6 +82,9 @@ def check_parts_fit(cfg: DictConfig) -> None:
 def check_dataset_paths(cfg: DictConfig) -> None:
     """Every dataset needs a file (its `path`) or the reference data root (`data.data_path`)."""
     data = cfg.data
+    if OmegaConf.is_missing(data, "data_path"):
+        raise ConfigError("data.data_path is not set: this data config reads the reference datasets from their "
+                          "original layouts under one root. Set data.data_path=<root> (README: Data).")
     if data.data_path:
         return
     for split in ("train", "eval"):
