@@ -139,10 +139,11 @@ def test_smoke_experiment_states_only_deltas_and_keeps_the_users_data():
     assert cfg.data.synthetic is None and [d.path for d in cfg.data.train] == ["mine.jsonl"]
 
 
-PACKAGED_EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+# the packaged experiments and the checkout's experiments/ (on the search path from a checkout)
+EXPERIMENTS = sorted({path.stem for root in (CONF, CONF.parents[2] / "experiments") for path in (root / "experiment").glob("*.yaml")})
 
 
-@pytest.mark.parametrize("experiment", PACKAGED_EXPERIMENTS)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     """With the one value only the user can give (the data root), every experiment passes every check."""
     try:

@@ -17,7 +17,8 @@ from reference_fixtures import write_reference_root
 from test_reference_recipe import TINY_MODELS
 
 GOLDEN = json.loads((REPO / "tests" / "golden" / "smoke.json").read_text())  # scripts/update_golden.py
-EXPERIMENTS = sorted(path.stem for path in (REPO / "src" / "dsvl_exp" / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted({path.stem for root in (REPO / "src" / "dsvl_exp" / "conf", REPO / "experiments")
+                      for path in (root / "experiment").glob("*.yaml")})
 
 
 def entry_point(cwd: Path, *overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
