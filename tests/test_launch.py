@@ -164,3 +164,16 @@ def test_launch_modules_do_not_import_each_other():
 
     assert not {m for m in imports("followers") if "launch" in m}
     assert "dsvl_exp.training.rank" in imports("followers") and "dsvl_exp.training.rank" in imports("launch")
+
+
+def test_a_ranks_user_error_comes_back_as_one_user_error():
+    from types import SimpleNamespace
+
+    from dsvl_exp.training.launch import user_error_of_ranks
+
+    def failed(text):  # what torch's @record writes for a rank's exception
+        return SimpleNamespace(failures={1: SimpleNamespace(message={"message": text, "extraInfo": {"timestamp": "0"}})})
+
+    error = user_error_of_ranks(failed("DataError: d.jsonl:1: image file not found: x.png"))
+    assert isinstance(error, UserError) and str(error) == "d.jsonl:1: image file not found: x.png"
+    assert user_error_of_ranks(failed("RuntimeError: boom")) is None  # internal: the full report stays

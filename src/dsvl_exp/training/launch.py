@@ -113,7 +113,7 @@ def launch_local_ranks(cfg: DictConfig, config: dict, run_dir: Path) -> float:
 
 def user_error_of_ranks(failure) -> UserError | None:
     """A rank's UserError (bad data, say) as one UserError here, so the entry point prints its
-    message instead of the elastic agent's report. Ranks report `<ExceptionType>: <message>`."""
+    message instead of the elastic agent's report."""
     import dsvl_exp.data.errors  # noqa: F401  (registers DataError among UserError's subclasses)
 
     names = set()
@@ -123,7 +123,10 @@ def user_error_of_ranks(failure) -> UserError | None:
         names.add(kind.__name__)
         pending += kind.__subclasses__()
     for rank_failure in failure.failures.values():
-        kind, sep, message = str(rank_failure.message).partition(": ")
+        # @record's error file: {"message": "<ExceptionType>: <message>", "extraInfo": {...}}
+        report = rank_failure.message
+        text = report.get("message", "") if isinstance(report, dict) else str(report)
+        kind, sep, message = text.partition(": ")
         if sep and kind in names:
             return UserError(message)
     return None
