@@ -188,3 +188,18 @@ def test_an_option_file_states_only_what_differs_from_the_schema(option):
                 and value == defaults[key] and value is not None}
     assert not repeated
     assert set(stated) - {"defaults"} <= {f.name for f in dataclasses.fields(SCHEMAS[option])}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.projection=lora"], r"train\.projection='lora': expected true, false or auto"),
+    (["train.decoder=sometimes"], r"train\.decoder='sometimes': expected true, false, auto or lora"),
+    (["train.max_steps=null"], r"train\.max_steps and train\.epochs are both null"),
+    (["train.micro_batch_size=0"], r"train\.micro_batch_size=0 must be at least 1"),
+    (["zero.offload_param=cpu"], r"zero\.offload_param=cpu needs ZeRO stage 3"),
+    (["optim.warmup_ratio=5"], r"optim\.warmup_ratio=5\.0 must be in \[0, 1\]"),
+    (["eval.generation=false"], r"eval\.monitor='eval/accuracy' will not be logged.*eval\.generation=true"),
+])
+def test_training_settings_that_cannot_run_are_refused_at_composition(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_cfg(*overrides)
+    assert compose_cfg("zero=3", "zero.offload_param=cpu", "train.decoder=lora").zero.offload_param == "cpu"
