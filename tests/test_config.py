@@ -25,6 +25,14 @@ def test_quoting_keeps_user_syntax_working():
         "zero='3'", "-m", "zero='2','3'", "optim.lr=3", "seed=3"]
 
 
+def test_multirun_over_zero_stages_as_typed_sweeps_two_group_choices():
+    """`-m zero=2,3` reaches Hydra's sweeper as two string choices (a group choice must be a string)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (override,) = OverridesParser.create().parse_overrides(quote_numeric_group_choices(["zero=2,3"]))
+    assert override.is_sweep_override() and list(override.sweep_iterator()) == ["2", "3"]
+
+
 @pytest.mark.parametrize("stage", ["2", "3"])
 def test_zero_stages_compose(stage):
     cfg = compose_cfg(f"zero={stage}")
