@@ -29,8 +29,11 @@ def test_multirun_over_zero_stages_as_typed_sweeps_two_group_choices():
     """`-m zero=2,3` reaches Hydra's sweeper as two string choices (a group choice must be a string)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    (override,) = OverridesParser.create().parse_overrides(quote_numeric_group_choices(["zero=2,3"]))
-    assert override.is_sweep_override() and list(override.sweep_iterator()) == ["2", "3"]
+    parser = OverridesParser.create()
+    (unquoted,) = parser.parse_overrides(["zero=2,3"])
+    assert list(unquoted.sweep_iterator()) == [2, 3]  # ints: "Config group override must be a string"
+    (override,) = parser.parse_overrides(quote_numeric_group_choices(["zero=2,3"]))
+    assert override.is_sweep_override() and [choice.text for choice in override.sweep_iterator()] == ["2", "3"]
 
 
 @pytest.mark.parametrize("stage", ["2", "3"])
