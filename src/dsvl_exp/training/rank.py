@@ -33,6 +33,7 @@ def prepare_rank(omp_threads: int | None, log_file: str | None = None) -> None:
     # 3,204 console lines of a 1,500-step single-process zero=3 run. Nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     configure_rank_logging(int(os.environ.get("RANK", 0)), log_file)
+    logging.captureWarnings(True)  # warnings reach train.log too, through the same handlers as the console
 
 
 def use_threads(threads: int) -> None:
