@@ -142,6 +142,7 @@ def test_slurm_launcher_composes_and_writes_the_expected_sbatch(tmp_path, monkey
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu"):
         assert line in script.splitlines(), line
     assert "srun" in script
+    assert "export SUBMITIT_EXECUTOR=slurm" in script.splitlines()  # what slurm_rendezvous_env relies on
 
 
 def test_thread_count_is_decided_in_one_place():
