@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,6 +25,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_parts_fit(cfg)
     check_dataset_paths(cfg)
     check_training_settings(cfg)
+    check_local_folders(cfg)
 
 
 def unknown_keys(node, prefix: str = "") -> list[tuple[str, list[str]]]:
@@ -134,3 +136,13 @@ def check_training_settings(cfg: DictConfig) -> None:
     if cfg.eval.monitor not in available:
         raise ConfigError(f"eval.monitor={cfg.eval.monitor!r} will not be logged; choose one of {available}"
                           + ("" if cfg.eval.generation else " (eval/accuracy needs eval.generation=true)"))
+
+
+def check_local_folders(cfg: DictConfig) -> None:
+    """A pretrained part given as a local path (absolute, ./ or ~) must exist; anything else is a
+    hub name, which from_pretrained resolves (or refuses offline) itself."""
+    for key in ("vision.pretrained", "decoder.pretrained", "tokenizer.path"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value}: no such file or folder. Point it at a local Hugging Face folder "
+                              "(config.json + weights) or give a hub name.")
