@@ -21,9 +21,9 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 def train_on_rank(config: dict, run_dir: str, omp_threads: int | None = None, log_file: str | None = None) -> float:
     """Set this rank up, train, and return the monitored eval metric (rank 0's is the task's)."""
     prepare_rank(omp_threads, log_file)
-    from dsvl_exp.training.run import run_training  # the recipe; heavy imports only here
+    from dsvl_exp.training.recipe import train  # heavy imports only here
 
-    return run_training(OmegaConf.create(config), Path(run_dir))
+    return train(OmegaConf.create(config), Path(run_dir))
 
 
 def prepare_rank(omp_threads: int | None, log_file: str | None = None) -> None:
