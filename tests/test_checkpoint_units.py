@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dsvl_exp.config.overrides import resume_shorthand
-from dsvl_exp.config.schema import NonFiniteAction
+from dsvl_exp.config.choices import NonFiniteAction
 from dsvl_exp.training import checkpoint as checkpoints
 from dsvl_exp.training.interrupt import StopRequest
 from dsvl_exp.training.loop import BatchStream, LoopState, NonFiniteLossError, ResumableSampler, monitor_mode, train_loop

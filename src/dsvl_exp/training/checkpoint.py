@@ -29,9 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsvl_exp.errors import UserError
 from dsvl_exp.training import distributed
 
 log = logging.getLogger(__name__)
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be written or loaded as asked; the message says why and what to do."""
+
 
 LATEST = "latest"
 BEST = "best"
@@ -193,9 +198,9 @@ def load_checkpoint(engine, checkpoint: Path) -> tuple[dict, dict]:
     checkpoint = checkpoint.resolve()
     load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     if load_path is None:
-        raise ValueError(f"DeepSpeed could not load the checkpoint {checkpoint}")
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint {checkpoint}")
     rank_file = checkpoint / rank_state_file(distributed.rank())
     if not rank_file.is_file():
-        raise ValueError(f"{checkpoint} has no {rank_file.name}: it was written by fewer ranks than this run has "
+        raise CheckpointError(f"{checkpoint} has no {rank_file.name}: it was written by fewer ranks than this run has "
                          f"({distributed.world_size()}); resume with the same launcher.nproc_per_node")
     return read_trainer_state(checkpoint), json.loads(rank_file.read_text())

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from dsvl_exp.config.schema import NonFiniteAction
+from dsvl_exp.config.choices import NonFiniteAction
+from dsvl_exp.errors import UserError
 from dsvl_exp.training import distributed
 from dsvl_exp.training.evaluation import model_inputs, move_to
 from dsvl_exp.training.interrupt import StopRequest
@@ -26,8 +27,8 @@ from dsvl_exp.training.logging import MetricsLogger
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(ValueError):
-    pass
+class NonFiniteLossError(UserError, ValueError):
+    """A NaN/inf loss under train.on_nonfinite=stop (or an epoch of them under skip)."""
 
 
 class ResumableSampler(Sampler[int]):

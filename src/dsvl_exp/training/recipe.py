@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import set_seed
 
-from dsvl_exp.config.schema import NonFiniteAction
+from dsvl_exp.config.choices import NonFiniteAction
 from dsvl_exp.data.build import build_conversations
 from dsvl_exp.data.collate import DataCollator
 from dsvl_exp.data.dataset import ConversationDataset
@@ -181,7 +181,7 @@ def make_saver(engine, checkpoint_dir: Path, state: LoopState, run_facts: dict, 
     """`save(step, is_best)`: a checkpoint of the engine and the loop, `best` moved when it is one."""
     def save(step: int, is_best: bool) -> None:
         if not checkpoints.parameters_finite(engine):
-            raise ValueError(f"the weights are not finite after step {step}; not saving over the last good checkpoint "
+            raise checkpoints.CheckpointError(f"the weights are not finite after step {step}; not saving over the last good checkpoint "
                              f"({checkpoints.read_latest(checkpoint_dir)}). Lower optim.lr or check the data")
         trainer_state = {"step": step, "epoch": state.epoch, "position": state.position,
                          "best_value": state.best_value, "best_step": state.best_step,

@@ -8,9 +8,14 @@ import json
 import logging
 from pathlib import Path
 
+from dsvl_exp.errors import UserError
 from dsvl_exp.training.checkpoint import LATEST, TRAINER_STATE, read_latest
 
 log = logging.getLogger(__name__)
+
+
+class ResumeError(UserError, ValueError):
+    """A run directory or checkpoint that this run may not start from or continue."""
 
 # Keys a resume may change: how long to train, how to log, how to checkpoint and resume.
 # Anything else (model, data, optimizer, seed, eval, ranks ...) changes what the run means.
@@ -32,7 +37,7 @@ def find_checkpoint(choice: str | None, checkpoint_dir: Path) -> Path | None:
             return candidate_dir
         if (candidate_dir / LATEST).is_file() and read_latest(candidate_dir):
             return candidate_dir / read_latest(candidate_dir)
-    raise ValueError(f"resume={choice}: no complete checkpoint there (expected a folder with {TRAINER_STATE}, "
+    raise ResumeError(f"resume={choice}: no complete checkpoint there (expected a folder with {TRAINER_STATE}, "
                      f"or a checkpoint directory / run directory whose `{LATEST}` names one); "
                      "use resume=auto to continue the run directory given by hydra.run.dir")
 
@@ -41,7 +46,7 @@ def refuse_used_run_dir(run_dir: Path, checkpoint_dir: Path) -> None:
     """resume=null is a fresh run: it must not append a second run to another's metrics."""
     used = [p for p in (run_dir / "metrics.jsonl", checkpoint_dir) if p.exists() and (p.is_file() or any(p.iterdir()))]
     if used:
-        raise ValueError(
+        raise ResumeError(
             f"the run directory {run_dir} already holds a run ({', '.join(str(p) for p in used)}). "
             "Continue it with resume=auto (or resume=<checkpoint path>), or start a new run in a new "
             "directory (another hydra.run.dir=...)")
@@ -82,7 +87,7 @@ def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: boo
     if allow:
         log.warning("resuming with a changed config (resume.allow_config_change=true): %s", listing)
         return
-    raise ValueError(
+    raise ResumeError(
         f"the config differs from the one checkpoint {checkpoint} was trained with: {listing}. "
         "Resume with the same settings (only train.max_steps, train.epochs, logging and checkpoint keys may "
         "change), or set resume.allow_config_change=true to continue anyway")
