@@ -12,7 +12,6 @@ changes. A field that every option must choose is MISSING here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -22,6 +21,7 @@ from dsvl_exp.config.choices import (
     Attention,
     ImageOrder,
     LauncherKind,
+    NonFiniteAction,
     OffloadDevice,
     OnMissingImage,
     Precision,
@@ -194,11 +194,6 @@ class DataConfig:
 
 
 # ---- training --------------------------------------------------------------------------------
-class NonFiniteAction(Enum):
-    stop = "stop"  # stop the run, naming the step and the batch's sample ids
-    skip = "skip"  # drop that micro-batch (no backward), count it, go on
-
-
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = 1500  # optimizer steps; when null, `epochs` decides
