@@ -96,6 +96,7 @@ def test_unknown_keys_are_refused_even_with_plus(override, message):
     ("zero.offload_param=disk", "[none, cpu]"),
     ("launcher.start_method=thread", "[spawn, fork, forkserver]"),
     ("logger.wandb.mode=on", "[offline, online, disabled]"),
+    ("train.on_nonfinite=ignore", "[stop, skip]"),
 ])
 def test_closed_choices_fail_at_composition_listing_the_allowed_values(override, allowed):
     with pytest.raises(ConfigCompositionException) as failure:
