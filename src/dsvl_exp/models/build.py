@@ -109,6 +109,7 @@ def build_decoder_from_architecture(architecture: dict, attention: str) -> Llama
         raise ValueError(f"config.json: attention={attention!r} is not one of {ATTENTION_CHOICES}")
     model = LlamaForCausalLM._from_config(LlamaConfig.from_dict(architecture["llama_config"]), dtype=torch.float32)
     model.set_attn_implementation(ATTENTION_IMPLEMENTATIONS[attention])
+    model.tie_weights()  # a no-op unless tie_word_embeddings; under no_init_weights transformers skips it
     return model
 
 
