@@ -27,19 +27,23 @@ from omegaconf import DictConfig
 
 from dsvl_exp.config.overrides import quote_numeric_group_choices
 from dsvl_exp.config.schema import register_configs
+from dsvl_exp.repro.sweeps import register_resolvers
 from dsvl_exp.training import rendezvous
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 register_configs()
+register_resolvers()  # ${dsvl_direction:...} for the Optuna sweeper
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
+    from dsvl_exp.repro.jobs import run_job
     from dsvl_exp.training.launch import run  # heavy imports only once a run starts
 
-    return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run_job(cfg, run_dir, lambda: run(cfg, run_dir))  # manifest; clean state for the next job
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from dsvl_exp.data.length import fit_to_max_seq_len
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.freezing import count_parameters
+from dsvl_exp.repro import manifest
 from dsvl_exp.training import distributed
 from dsvl_exp.training.engine import (
     build_engine,
@@ -163,6 +164,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         warmup_steps=warmup_steps_for(max_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps),
         ds_config=ds_config,
     )
+    if rank_zero:  # the manifest's derived values: world size, DeepSpeed JSON, parameters, data
+        manifest.record_setup(run_dir, config=OmegaConf.to_container(cfg, resolve=True), engine=engine, ds_config=ds_config, world_size=world,
+                              grad_accum=grad_accum, parameter_counts=parameter_counts, tokens_per_image=model.tokens_per_image, data_fingerprint=fingerprint)
 
     # ---- train -------------------------------------------------------------------------------
     logger = MetricsLogger(
@@ -211,4 +215,5 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
     write_rank_footprint(run_dir, engine, rank, world)
     if rank_zero:
         print_summary(run_dir, summary)
+        manifest.record_end(run_dir, summary, cfg.eval.monitor)
     return float(summary[cfg.eval.monitor])
