@@ -43,12 +43,17 @@ def package_versions(names=KEY_PACKAGES) -> dict[str, str | None]:
 
 def pip_freeze() -> list[str]:
     """`pip freeze`'s content from the installed distributions' metadata: the same name==version
-    lines without starting a pip process (~1 s)."""
-    lines = set()
+    lines without starting a pip process (~1 s). The first distribution of a name on sys.path is
+    the one imported; copies vendored inside other packages (setuptools/_vendor, which joins
+    sys.path once setuptools is imported) are not installed packages."""
+    lines, seen = [], set()
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
-        if name:
-            lines.add(f"{name}=={dist.version}")
+        location = str(getattr(dist, "_path", ""))
+        if not name or "_vendor" in location or name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        lines.append(f"{name}=={dist.version}")
     return sorted(lines, key=str.lower)
 
 

@@ -90,7 +90,14 @@ def tear_down(saved_env: dict[str, str | None]) -> None:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            if "deepspeed.comm" in sys.modules:
+                import deepspeed.comm
+
+                # also drops DeepSpeed's cached world/data-parallel groups; after a plain torch
+                # destroy the next engine failed with "Group ... is not registered"
+                deepspeed.comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
     if "transformers.integrations.deepspeed" in sys.modules:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 

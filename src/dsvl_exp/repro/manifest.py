@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -65,7 +66,9 @@ def jsonable(value):
         return value.value if isinstance(value.value, (str, int, float, bool)) else str(value.value)
     if isinstance(value, (set, tuple)):
         return list(value)
-    return str(value)
+    if hasattr(value, "__dict__") and not callable(value):  # a plain settings object
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    return re.sub(r" at 0x[0-9a-f]+", "", str(value))  # an address differs in every process
 
 
 def seeds_and_determinism(config: dict) -> dict:
@@ -116,7 +119,10 @@ def deepspeed_final_config(engine) -> dict:
     if parsed is None:
         return {}
     skip = {"_param_dict", "mesh_device"}
-    return json.loads(json.dumps({k: v for k, v in vars(parsed).items() if k not in skip}, default=jsonable))
+    try:
+        return json.loads(json.dumps({k: v for k, v in vars(parsed).items() if k not in skip}, default=jsonable))
+    except (ValueError, TypeError) as error:  # a circular or odd object in a future DeepSpeed
+        return {"unavailable": f"{type(error).__name__}: {error}"}
 
 
 def record_setup(run_dir: Path, *, config: dict, engine, ds_config: dict, world_size: int, grad_accum: int,
