@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsvl_exp.data.template import IGNORE_INDEX
+from dsvl_exp.constants import IGNORE_INDEX
 from dsvl_exp.models.generation import decode
 from dsvl_exp.models.decoder import uses_mmca
 from dsvl_exp.models.mmca import TOKEN_TYPES_KWARG

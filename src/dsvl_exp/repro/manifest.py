@@ -145,7 +145,8 @@ def record_setup(run_dir: Path, *, config: dict, engine, ds_config: dict, world_
         "parameters_trainable": sum(entry["trainable"] for entry in parameter_counts.values()),
         "tokens_per_image": tokens_per_image,
     }
-    return update_manifest(run_dir, derived=derived, data_fingerprint=data_fingerprint)
+    # the config as the ranks got it (the task fills in W&B names after the manifest began)
+    return update_manifest(run_dir, config=config, derived=derived, data_fingerprint=data_fingerprint)
 
 
 def peak_memory() -> dict:
@@ -191,6 +192,8 @@ def record_end(run_dir: Path, summary: dict, monitor: str) -> dict:
 
 def error_line(error: BaseException) -> str:
     """`Type: first line`; for ranks started by torch elastic, the failing rank's own error."""
+    if isinstance(error, SystemExit) and error.__context__ is not None:  # a user error turned into an exit
+        error = error.__context__
     if hasattr(error, "get_first_failure"):  # torch.distributed.elastic ChildFailedError
         rank, failure = error.get_first_failure()
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)

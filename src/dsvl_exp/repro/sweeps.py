@@ -19,7 +19,7 @@ from dsvl_exp.repro.metrics import direction_for
 DIRECTION_RESOLVER = "dsvl_direction"
 
 
-def register_resolvers() -> None:
+def register_sweep_resolvers() -> None:
     if not OmegaConf.has_resolver(DIRECTION_RESOLVER):
         OmegaConf.register_new_resolver(DIRECTION_RESOLVER, direction_for)
 
