@@ -60,5 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(c.verdict == DIFFERS for c in comparisons) else 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

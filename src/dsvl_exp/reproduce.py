@@ -127,5 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if comparison.verdict == DIFFERS else 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

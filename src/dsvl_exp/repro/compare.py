@@ -25,6 +25,8 @@ SECTIONS = ("status", "group choices", "overrides", "config", "derived", "code",
             "data", "outcomes")
 # Config keys that name where things are or how a run is labelled, not what it computes.
 VOLATILE_CONFIG_KEYS = ("data.synthetic.root", "logger.", "train.progress_bar")
+# W&B labels the entry point derives from the overrides and the sweep: bookkeeping, shown only.
+LABEL_CONFIG_KEYS = ("logger.wandb.name", "logger.wandb.group", "logger.wandb.tags")
 VOLATILE_HARDWARE_KEYS = ("hostname",)
 # Numbers that describe how fast a run went, not what it computed.
 PERF_PREFIXES = ("perf/",)
@@ -202,8 +204,11 @@ def compare_runs(run_a: Run, run_b: Run, tolerance: float = DEFAULT_TOLERANCE) -
     differences += dict_differences("group choices", hydra_a.get("choices") or {}, hydra_b.get("choices") or {},
                                     lambda key: key.startswith("hydra/"))  # how jobs were launched
     differences += compare_overrides(hydra_a.get("overrides"), hydra_b.get("overrides"))
-    differences += dict_differences("config", a.get("config") or {}, b.get("config") or {},
-                                    lambda key: key.startswith(VOLATILE_CONFIG_KEYS))
+    differences += [
+        Difference(d.section, d.key, d.a, d.b, "info") if d.key.startswith(LABEL_CONFIG_KEYS) else d
+        for d in dict_differences("config", a.get("config") or {}, b.get("config") or {},
+                                  lambda key: key.startswith(VOLATILE_CONFIG_KEYS))
+    ]
     differences += dict_differences("derived", a.get("derived") or {}, b.get("derived") or {})
     differences += compare_code(a.get("code") or {}, b.get("code") or {})
     differences += compare_environment(run_a, run_b)
