@@ -171,3 +171,12 @@ def test_sweep_report_on_an_optuna_sweep(optuna_sweep):
     rows, _ = check_report(sweep, jobs=3)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert float(rows[1].split(",")[rows[0].split(",").index("eval/loss")]) == pytest.approx(best["best_value"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_sweeper_direction_against_the_monitor_stops_before_any_job(tmp_path):
+    # Hydra's Optuna plugin minimises by default; the default monitor is eval/accuracy
+    result = run_module("dsvl_exp.train", "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "hydra.sweeper.direction=minimize but eval.monitor=eval/accuracy should be maximized" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "sweep" / "0").exists()

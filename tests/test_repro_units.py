@@ -7,7 +7,7 @@ from conftest import compose_config
 from dsvl_exp.repro.compare import same_value
 from dsvl_exp.repro.environment import safe_environment
 from dsvl_exp.repro.metrics import direction_for
-from dsvl_exp.repro.sweeps import SweepDirectionCheck
+from dsvl_exp.repro.sweeps import SweepDirectionCheck, check_direction
 
 
 def test_direction_follows_the_metric_name():
@@ -28,6 +28,8 @@ def test_hparams_search_optuna_direction_follows_eval_monitor(monitor, direction
 def test_a_hand_set_direction_against_the_monitor_stops_the_sweep():
     cfg = compose_config("hydra/sweeper=optuna", "eval.monitor=eval/accuracy", hydra=True)  # plugin default: minimize
     with pytest.raises(ValueError, match="hydra.sweeper.direction=minimize but eval.monitor=eval/accuracy"):
+        check_direction(cfg)
+    with pytest.raises(SystemExit):  # Hydra only warns about a callback's exception; an exit stops it
         SweepDirectionCheck().on_multirun_start(config=cfg)
     cfg = compose_config("hydra/sweeper=optuna", "eval.monitor=eval/loss", hydra=True)
     SweepDirectionCheck().on_multirun_start(config=cfg)

@@ -9,11 +9,13 @@ default `eval.monitor=eval/accuracy`: it picked the worse learning rate).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from dsvl_exp.errors import ConfigError
 from dsvl_exp.repro.metrics import direction_for
 
 DIRECTION_RESOLVER = "dsvl_direction"
@@ -28,19 +30,31 @@ def direction_name(direction: Any) -> str:
     return str(getattr(direction, "name", direction)).lower()
 
 
+def check_direction(config: DictConfig) -> None:
+    """Raise ConfigError when the sweeper's single `direction` disagrees with eval.monitor."""
+    sweeper = config.hydra.sweeper
+    if "direction" not in sweeper:
+        return  # a grid (basic sweeper) optimises nothing
+    directions = sweeper.direction
+    if OmegaConf.is_list(directions):
+        return  # multi-objective: the task would return several values; nothing to check
+    monitor = config.eval.monitor
+    wanted = direction_for(monitor)
+    if direction_name(directions) != wanted:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction_name(directions)} but eval.monitor={monitor} should be "
+            f"{wanted}d: the sweep would pick the worst trial. Use hparams_search=optuna (its direction "
+            f"follows eval.monitor), or set hydra.sweeper.direction={wanted}, or monitor another metric."
+        )
+
+
 class SweepDirectionCheck(Callback):
+    """Stops a multirun before its first job. Hydra turns an exception raised by a callback into a
+    warning and goes on, so the message is printed here and the process exits."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweeper = config.hydra.sweeper
-        if "direction" not in sweeper:
-            return  # a grid (basic sweeper) optimises nothing
-        directions = sweeper.direction
-        if OmegaConf.is_list(directions):
-            return  # multi-objective: the task would return several values; nothing to check
-        monitor = config.eval.monitor
-        wanted = direction_for(monitor)
-        if direction_name(directions) != wanted:
-            raise ValueError(
-                f"hydra.sweeper.direction={direction_name(directions)} but eval.monitor={monitor} should be "
-                f"{wanted}d: the sweep would pick the worst trial. Use hparams_search=optuna (its direction "
-                f"follows eval.monitor), or set hydra.sweeper.direction={wanted}, or monitor another metric."
-            )
+        try:
+            check_direction(config)
+        except ConfigError as error:
+            print(f"Error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
