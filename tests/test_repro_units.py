@@ -45,3 +45,8 @@ def test_numbers_compare_by_value():
     assert same_value(1e-3, 0.001) and same_value(1, 1.0) and same_value(float("nan"), float("nan"))
     assert not same_value(True, 1) and not same_value(0.001, 0.0011)
     assert OmegaConf.create({"a": 1e-3}).a == 0.001
+
+
+def test_parallel_launcher_is_joblib_with_two_workers():
+    cfg = compose_config("hydra/launcher=parallel", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
