@@ -165,8 +165,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         ds_config=ds_config,
     )
     if rank_zero:  # the manifest's derived values: world size, DeepSpeed JSON, parameters, data
-        manifest.record_setup(run_dir, config=OmegaConf.to_container(cfg, resolve=True), engine=engine, ds_config=ds_config, world_size=world,
-                              grad_accum=grad_accum, parameter_counts=parameter_counts, tokens_per_image=model.tokens_per_image, data_fingerprint=fingerprint)
+        manifest.record_setup(run_dir, config=OmegaConf.to_container(cfg, resolve=True), engine=engine,
+                              ds_config=ds_config, world_size=world, grad_accum=grad_accum, parameter_counts=parameter_counts,
+                              tokens_per_image=model.tokens_per_image, data_fingerprint=fingerprint)
 
     # ---- train -------------------------------------------------------------------------------
     logger = MetricsLogger(
