@@ -50,3 +50,12 @@ def test_numbers_compare_by_value():
 def test_parallel_launcher_is_joblib_with_two_workers():
     cfg = compose_config("hydra/launcher=parallel", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+
+
+def test_the_project_experiments_compose_as_sweeps():
+    grid = compose_config("experiment=projection_attention_ablation", hydra=True)
+    assert dict(grid.hydra.sweeper.params) == {"projection": "baseline,vit,perceiver", "decoder.attention": "causal,mmca"}
+    assert grid.eval.monitor == "eval/loss" and grid.train.max_steps == 200
+    search = compose_config("experiment=lr_search", hydra=True)
+    assert search.hydra.sweeper.direction == "minimize" and search.hydra.sweeper.n_trials == 8
+    assert search.hydra.sweeper.params["optim.lr"] == "tag(log, interval(1e-4, 3e-2))"
