@@ -154,7 +154,17 @@ def label(job: Job, swept: list[str]) -> str:
     return f"{job.name}: " + " ".join(f"{key.split('.')[-1]}={short_number(job.overrides.get(key, ''))}" for key in swept)
 
 
+def x_positions(values: list[str | None]) -> tuple[list[float], list[str] | None]:
+    """Numbers as themselves; anything else as evenly spaced categories (returned as tick labels)."""
+    numbers = [as_number(v) for v in values]
+    if numbers and all(n is not None for n in numbers):
+        return numbers, None
+    categories = sorted({str(v) for v in values})
+    return [float(categories.index(str(v))) for v in values], categories
+
+
 def plot_metric_vs_parameters(report: SweepReport, out_dir: Path) -> list[Path]:
+    """One chart per swept parameter; in a grid, one series per value of the other parameters."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,23 +173,26 @@ def plot_metric_vs_parameters(report: SweepReport, out_dir: Path) -> list[Path]:
     done = [j for j in report.jobs if j.status == "completed" and isinstance(j.monitor_value, (int, float))]
     paths = []
     for key in report.swept:
-        figure, axes = plt.subplots(figsize=(5, 3.5))
-        values = [job.overrides.get(key) for job in done]
-        numbers = [as_number(v) for v in values]
-        if numbers and all(n is not None for n in numbers):
-            axes.scatter(numbers, [j.monitor_value for j in done])
-            if min(numbers) > 0 and max(numbers) / min(numbers) > 20:
-                axes.set_xscale("log")
-        else:
-            categories = sorted(set(values))
-            axes.scatter([categories.index(v) for v in values], [j.monitor_value for j in done])
+        others = [other for other in report.swept if other != key]
+        figure, axes = plt.subplots(figsize=(5.5, 3.8))
+        xs, categories = x_positions([job.overrides.get(key) for job in done])
+        series_of = {}
+        for job, x in zip(done, xs):
+            name = " ".join(f"{o.split('.')[-1]}={short_number(job.overrides.get(o, ''))}" for o in others)
+            series_of.setdefault(name if len(others) == 1 else "", []).append((x, job))
+        for name, points in sorted(series_of.items()):
+            axes.scatter([x for x, _ in points], [job.monitor_value for _, job in points], label=name or None)
+            for x, job in points:
+                axes.annotate(job.name, (x, job.monitor_value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if categories is not None:
             axes.set_xticks(range(len(categories)), categories)
-        for job, x in zip(done, numbers if numbers and all(n is not None for n in numbers) else
-                          [sorted(set(values)).index(v) for v in values]):
-            axes.annotate(job.name, (x, job.monitor_value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        elif min(xs) > 0 and max(xs) / min(xs) > 20:
+            axes.set_xscale("log")
+        if any(series_of):
+            axes.legend(fontsize=7)
         axes.set_xlabel(key)
         axes.set_ylabel(report.monitor)
-        axes.set_title(f"{report.monitor} vs {key}")
+        axes.set_title(f"{report.monitor} vs {key} ({report.direction[:3]})")
         figure.tight_layout()
         path = out_dir / f"{report.monitor.replace('/', '_')}_vs_{key.replace('/', '_')}.png"
         figure.savefig(path, dpi=100)
