@@ -51,7 +51,8 @@ def drift_warnings(manifest: dict, run_dir: Path) -> list[str]:
     if isinstance(recorded, dict) and isinstance(current, dict):
         if recorded.get("commit") != current.get("commit"):
             warnings.append(f"code: commit {current.get('commit', '')[:12]} now, {recorded.get('commit', '')[:12]} then")
-        if recorded.get("diff_sha256") != current.get("diff_sha256"):
+        if (recorded.get("diff_sha256"), recorded.get("untracked_sha256")) != (
+                current.get("diff_sha256"), current.get("untracked_sha256")):
             warnings.append("code: the uncommitted changes differ from the run's (its diff is in "
                             f"{run_dir / environment.DIFF_FILE})")
     elif recorded != current:

@@ -74,6 +74,17 @@ def _git(repo: Path, *args: str) -> str:
                           timeout=30).stdout
 
 
+def untracked_sha256(top: Path, paths: list[str], max_bytes: int = 10 << 20) -> str:
+    """New files are code too, and `git diff HEAD` leaves them out: hash their names and bytes."""
+    digest = hashlib.sha256()
+    for relative in sorted(paths):
+        path = top / relative
+        digest.update(relative.encode() + b"\0")
+        if path.is_file() and path.stat().st_size <= max_bytes:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def code_version(run_dir: Path | None = None) -> dict:
     """The checkout dsvl_exp is imported from: commit, branch, dirty flag; the uncommitted diff
     is saved beside the manifest so the exact code can be rebuilt."""
@@ -96,6 +107,7 @@ def code_version(run_dir: Path | None = None) -> dict:
         "dirty": bool(diff) or bool(untracked),
         "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         "untracked": untracked,
+        "untracked_sha256": untracked_sha256(top, untracked) if untracked else None,
         "diff_file": None,
     }
     if diff and run_dir is not None:
