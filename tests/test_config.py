@@ -25,6 +25,17 @@ def test_quoting_keeps_user_syntax_working():
         "zero='3'", "-m", "zero='2','3'", "optim.lr=3", "seed=3"]
 
 
+def test_multirun_over_zero_stages_as_typed_sweeps_two_group_choices():
+    """`-m zero=2,3` reaches Hydra's sweeper as two string choices (a group choice must be a string)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    (unquoted,) = parser.parse_overrides(["zero=2,3"])
+    assert list(unquoted.sweep_iterator()) == [2, 3]  # ints: "Config group override must be a string"
+    (override,) = parser.parse_overrides(quote_numeric_group_choices(["zero=2,3"]))
+    assert override.is_sweep_override() and [choice.text for choice in override.sweep_iterator()] == ["2", "3"]
+
+
 @pytest.mark.parametrize("stage", ["2", "3"])
 def test_zero_stages_compose(stage):
     cfg = compose_cfg(f"zero={stage}")
@@ -44,7 +55,8 @@ def test_default_is_the_tiny_embedded_setting():
 
 def test_user_keys_override():
     cfg = compose_cfg("optim.lr=5e-4", "train.max_steps=7", "train.micro_batch_size=2", "train.grad_accum=4",
-                      "seed=3", "logger.wandb.mode=offline", "decoder.pretrained=/models/llama")
+                      "seed=3", "logger.wandb.mode=offline", "decoder.pretrained=/models/llama",
+                      validate=False)  # /models/llama exists only on the user's machine
     assert (cfg.optim.lr, cfg.train.max_steps, cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.seed) == (5e-4, 7, 2, 4, 3)
     assert cfg.logger.wandb.mode == "offline"
     assert OmegaConf.to_container(cfg, resolve=True)["tokenizer"]["path"] == "/models/llama"
@@ -84,6 +96,7 @@ def test_unknown_keys_are_refused_even_with_plus(override, message):
     ("zero.offload_param=disk", "[none, cpu]"),
     ("launcher.start_method=thread", "[spawn, fork, forkserver]"),
     ("logger.wandb.mode=on", "[offline, online, disabled]"),
+    ("train.on_nonfinite=ignore", "[stop, skip]"),
 ])
 def test_closed_choices_fail_at_composition_listing_the_allowed_values(override, allowed):
     with pytest.raises(ConfigCompositionException) as failure:
@@ -139,10 +152,11 @@ def test_smoke_experiment_states_only_deltas_and_keeps_the_users_data():
     assert cfg.data.synthetic is None and [d.path for d in cfg.data.train] == ["mine.jsonl"]
 
 
-PACKAGED_EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+# the packaged experiments and the checkout's experiments/ (on the search path from a checkout)
+EXPERIMENTS = sorted({path.stem for root in (CONF, CONF.parents[2] / "experiments") for path in (root / "experiment").glob("*.yaml")})
 
 
-@pytest.mark.parametrize("experiment", PACKAGED_EXPERIMENTS)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     """With the one value only the user can give (the data root), every experiment passes every check."""
     try:
@@ -187,3 +201,24 @@ def test_an_option_file_states_only_what_differs_from_the_schema(option):
                 and value == defaults[key] and value is not None}
     assert not repeated
     assert set(stated) - {"defaults"} <= {f.name for f in dataclasses.fields(SCHEMAS[option])}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.projection=lora"], r"train\.projection='lora': expected true, false or auto"),
+    (["train.decoder=sometimes"], r"train\.decoder='sometimes': expected true, false, auto or lora"),
+    (["train.max_steps=null"], r"train\.max_steps and train\.epochs are both null"),
+    (["train.micro_batch_size=0"], r"train\.micro_batch_size=0 must be at least 1"),
+    (["zero.offload_param=cpu"], r"zero\.offload_param=cpu needs ZeRO stage 3"),
+    (["optim.warmup_ratio=5"], r"optim\.warmup_ratio=5\.0 must be in \[0, 1\]"),
+    (["eval.generation=false"], r"eval\.monitor='eval/accuracy' will not be logged.*eval\.generation=true"),
+])
+def test_training_settings_that_cannot_run_are_refused_at_composition(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_cfg(*overrides)
+    assert compose_cfg("zero=3", "zero.offload_param=cpu", "train.decoder=lora").zero.offload_param == "cpu"
+
+
+def test_a_missing_local_pretrained_folder_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"decoder\.pretrained=/nowhere/llama: no such file or folder"):
+        compose_cfg("decoder.pretrained=/nowhere/llama")
+    assert compose_cfg(f"vision.pretrained={tmp_path}", "decoder.pretrained=org/hub-name").decoder.pretrained == "org/hub-name"

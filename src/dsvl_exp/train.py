@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from dsvl_exp.config.overrides import quote_numeric_group_choices
+from dsvl_exp.config.overrides import quote_numeric_group_choices, resume_shorthand
 from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.config.validation import validate_config
@@ -101,7 +101,7 @@ def main() -> None:
     arguments, local_rank = rendezvous.without_local_rank_argument(sys.argv[1:])
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
-    sys.argv = [sys.argv[0], *quote_numeric_group_choices(arguments)]
+    sys.argv = [sys.argv[0], *resume_shorthand(quote_numeric_group_choices(arguments))]
     if not rendezvous.started_by_external_launcher(os.environ):
         train_task()
         return

@@ -73,6 +73,11 @@ class Scheduler(Choice):
     inverse_sqrt = "inverse_sqrt"
 
 
+class NonFiniteAction(Choice):
+    stop = "stop"  # stop the run, naming the step and the batch's sample ids
+    skip = "skip"  # drop that micro-batch (no backward), count it, go on
+
+
 class WandbMode(Choice):
     offline = "offline"
     online = "online"

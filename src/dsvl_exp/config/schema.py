@@ -21,6 +21,7 @@ from dsvl_exp.config.choices import (
     Attention,
     ImageOrder,
     LauncherKind,
+    NonFiniteAction,
     OffloadDevice,
     OnMissingImage,
     Precision,
@@ -211,6 +212,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # vision encoder and decoder
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    on_nonfinite: NonFiniteAction = NonFiniteAction.stop  # a NaN/inf loss: stop | skip
 
 
 @dataclass
@@ -228,6 +230,7 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     every_n_steps: Optional[int] = 500
+    every_n_epochs: Optional[int] = None  # also (or instead) at the end of every N-th epoch
     at_start: bool = False
     max_batches: Optional[int] = None
     batch_size: int = 16
@@ -235,6 +238,25 @@ class EvalConfig:
     max_new_tokens: int = 8
     max_conversations: Optional[int] = None
     monitor: str = "eval/accuracy"  # the metric the task returns (Optuna optimises it)
+
+
+@dataclass
+class CheckpointConfig:
+    """DeepSpeed checkpoints under `dir` (null: <run dir>/checkpoints), one tag per step."""
+
+    dir: Optional[str] = None
+    every_n_steps: Optional[int] = 500  # null: only the final one (and SIGTERM/SIGINT, and new bests)
+    keep_last: Optional[int] = 2  # older step checkpoints deleted once a newer one is complete; best kept
+    export: bool = True  # at the end: <run dir>/export (and <run dir>/best when eval picks one)
+
+
+@dataclass
+class ResumeConfig:
+    # null: a fresh run (refuses a run directory that already has metrics or checkpoints);
+    # auto: the newest complete checkpoint of this run directory; or a checkpoint path.
+    # `resume=auto` / `resume=PATH` on the command line mean `resume.checkpoint=...`.
+    checkpoint: Optional[str] = None
+    allow_config_change: bool = False  # resume although the config differs in meaning
 
 
 @dataclass
@@ -268,6 +290,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     seed: int = 0
 
 

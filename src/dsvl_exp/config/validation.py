@@ -1,12 +1,13 @@
 """Checks that span keys or that Hydra's typed merge cannot make, run on the composed config
 before anything is built (under a second): unknown keys added with `+`, values that resolve to
-a wrong choice, parts that cannot follow each other, a dataset without a file. Each failure is
-a ConfigError naming the key and the fix."""
+a wrong choice, parts that cannot follow each other, a dataset without a file, training
+settings that cannot run. Each failure is a ConfigError naming the key and the fix."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,6 +24,8 @@ def validate_config(cfg: DictConfig) -> None:
     check_resolves(cfg)
     check_parts_fit(cfg)
     check_dataset_paths(cfg)
+    check_training_settings(cfg)
+    check_local_folders(cfg)
 
 
 def unknown_keys(node, prefix: str = "") -> list[tuple[str, list[str]]]:
@@ -100,3 +103,46 @@ def check_dataset_paths(cfg: DictConfig) -> None:
                 )
             raise ConfigError(f"{key} is not set: training dataset {index} (format {spec.format}) needs its file. "
                               f"Set {key}=<file>, or data.data_path=<root> for the reference datasets' layout.")
+
+
+# what train.<part> takes (models/freezing.py applies it); vision and decoder may also be lora
+TRAINABLE_CHOICES = {"vision": (True, False, "auto", "lora"), "projection": (True, False, "auto"),
+                     "embeddings": (True, False, "auto"), "decoder": (True, False, "auto", "lora")}
+
+
+def monitored_metrics(generation: bool) -> list[str]:
+    return ["train/loss", "eval/loss"] + (["eval/accuracy"] if generation else [])
+
+
+def check_training_settings(cfg: DictConfig) -> None:
+    for part, allowed in TRAINABLE_CHOICES.items():
+        choice = cfg.train[part]
+        if not any(choice is option if isinstance(option, bool) else choice == option for option in allowed):
+            expected = "true, false, auto or lora" if "lora" in allowed else "true, false or auto"
+            raise ConfigError(f"train.{part}={choice!r}: expected {expected}")
+    if cfg.train.max_steps is None and cfg.train.epochs is None:
+        raise ConfigError("train.max_steps and train.epochs are both null: set one (max_steps wins when both are set)")
+    for key in ("train.max_steps", "train.epochs", "train.micro_batch_size", "train.grad_accum",
+                "launcher.nproc_per_node", "launcher.omp_num_threads"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if cfg.zero.offload_param != "none" and cfg.zero.stage != 3:
+        raise ConfigError(f"zero.offload_param={cfg.zero.offload_param} needs ZeRO stage 3 (zero=3 or zero=3_offload); "
+                          f"stage {cfg.zero.stage} keeps parameters on every rank")
+    if not 0 <= cfg.optim.warmup_ratio <= 1:
+        raise ConfigError(f"optim.warmup_ratio={cfg.optim.warmup_ratio} must be in [0, 1]; use optim.warmup_steps for a step count")
+    available = monitored_metrics(cfg.eval.generation)
+    if cfg.eval.monitor not in available:
+        raise ConfigError(f"eval.monitor={cfg.eval.monitor!r} will not be logged; choose one of {available}"
+                          + ("" if cfg.eval.generation else " (eval/accuracy needs eval.generation=true)"))
+
+
+def check_local_folders(cfg: DictConfig) -> None:
+    """A pretrained part given as a local path (absolute, ./ or ~) must exist; anything else is a
+    hub name, which from_pretrained resolves (or refuses offline) itself."""
+    for key in ("vision.pretrained", "decoder.pretrained", "tokenizer.path"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value}: no such file or folder. Point it at a local Hugging Face folder "
+                              "(config.json + weights) or give a hub name.")

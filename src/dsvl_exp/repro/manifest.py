@@ -185,9 +185,10 @@ def _finish(run_dir: Path, status: str, error: str | None, outcome: dict) -> dic
     return update_manifest(run_dir, status=status, error=error, finished_at=now_iso(), outcome=outcome)
 
 
-def record_end(run_dir: Path, summary: dict, monitor: str) -> dict:
-    """Final and best metrics, wall time, speed, peak memory; status completed (rank 0)."""
-    return _finish(run_dir, "completed", None, outcome_from_metrics(run_dir, monitor, summary))
+def record_end(run_dir: Path, summary: dict, monitor: str, status: str = "completed") -> dict:
+    """Final and best metrics, wall time, speed, peak memory; status completed, or stopped when a
+    signal ended the run early at a checkpoint (rank 0)."""
+    return _finish(run_dir, status, None, outcome_from_metrics(run_dir, monitor, summary))
 
 
 def error_line(error: BaseException) -> str:

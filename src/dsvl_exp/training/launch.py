@@ -13,7 +13,9 @@ value (the monitored eval metric) is the task's return value.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import uuid
 import warnings
 from pathlib import Path
@@ -86,6 +88,7 @@ def launch_config(nproc_per_node: int, rdzv_backend: str, rdzv_endpoint: str, ma
 
 
 def launch_local_ranks(cfg: DictConfig, config: dict, run_dir: Path) -> float:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -107,13 +110,20 @@ def launch_local_ranks(cfg: DictConfig, config: dict, run_dir: Path) -> float:
         results = elastic_launch(launch, train_on_rank)(config, str(run_dir), settings.omp_num_threads, hydra_log_file())
     except ChildFailedError as failure:
         raise user_error_of_ranks(failure) or failure
+    except SignalException as stop:
+        # SIGTERM/SIGINT: the agent forwarded it to the ranks, which finished their step, saved a
+        # checkpoint and exited (torch's agent allows them 30 s before SIGKILL; the previous
+        # checkpoint stays intact if a save takes longer).
+        log.warning("Stopped by %s; resume with the same command plus hydra.run.dir=%s resume=auto",
+                    signal.Signals(stop.sigval).name, run_dir)
+        return math.nan
     log.info("Ranks finished; rank 0 returned %s = %s", cfg.eval.monitor, results[0])
     return results[0]
 
 
 def user_error_of_ranks(failure) -> UserError | None:
     """A rank's UserError (bad data, say) as one UserError here, so the entry point prints its
-    message instead of the elastic agent's report. Ranks report `<ExceptionType>: <message>`."""
+    message instead of the elastic agent's report."""
     import dsvl_exp.data.errors  # noqa: F401  (registers DataError among UserError's subclasses)
 
     names = set()
@@ -123,7 +133,10 @@ def user_error_of_ranks(failure) -> UserError | None:
         names.add(kind.__name__)
         pending += kind.__subclasses__()
     for rank_failure in failure.failures.values():
-        kind, sep, message = str(rank_failure.message).partition(": ")
+        # @record's error file: {"message": "<ExceptionType>: <message>", "extraInfo": {...}}
+        report = rank_failure.message
+        text = report.get("message", "") if isinstance(report, dict) else str(report)
+        kind, sep, message = text.partition(": ")
         if sep and kind in names:
             return UserError(message)
     return None

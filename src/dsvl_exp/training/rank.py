@@ -21,9 +21,9 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 def train_on_rank(config: dict, run_dir: str, omp_threads: int | None = None, log_file: str | None = None) -> float:
     """Set this rank up, train, and return the monitored eval metric (rank 0's is the task's)."""
     prepare_rank(omp_threads, log_file)
-    from dsvl_exp.training.run import run_training  # the recipe; heavy imports only here
+    from dsvl_exp.training.recipe import train  # heavy imports only here
 
-    return run_training(OmegaConf.create(config), Path(run_dir))
+    return train(OmegaConf.create(config), Path(run_dir))
 
 
 def prepare_rank(omp_threads: int | None, log_file: str | None = None) -> None:
@@ -33,6 +33,7 @@ def prepare_rank(omp_threads: int | None, log_file: str | None = None) -> None:
     # 3,204 console lines of a 1,500-step single-process zero=3 run. Nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     configure_rank_logging(int(os.environ.get("RANK", 0)), log_file)
+    logging.captureWarnings(True)  # warnings reach train.log too, through the same handlers as the console
 
 
 def use_threads(threads: int) -> None:
