@@ -34,6 +34,7 @@ from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.config.validation import validate_config
 from dsvl_exp.errors import UserError
+from dsvl_exp.repro.sweeps import register_sweep_resolvers
 from dsvl_exp.training import rendezvous
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
@@ -44,11 +45,18 @@ log = logging.getLogger("dsvl_exp.train")
 
 register_configs()
 register_resolvers()
+register_sweep_resolvers()  # ${dsvl_direction:...} for the Optuna sweeper
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def train_task(cfg: DictConfig) -> float:
     """The Hydra task (one per multirun job): check the config, name the run, start the ranks."""
+    from dsvl_exp.repro.jobs import run_job  # manifest.json; a failed job is recorded, the next starts clean
+
+    return run_job(cfg, Path(HydraConfig.get().runtime.output_dir), lambda: checked_task(cfg))
+
+
+def checked_task(cfg: DictConfig) -> float:
     try:
         validate_config(cfg)
         name_wandb_run(cfg, HydraConfig.get())

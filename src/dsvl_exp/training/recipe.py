@@ -33,6 +33,7 @@ from dsvl_exp.data.length import fit_to_max_seq_len
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.freezing import count_parameters
+from dsvl_exp.repro import manifest
 from dsvl_exp.training import checkpoint as checkpoints
 from dsvl_exp.training import distributed, resume
 from dsvl_exp.training.engine import (
@@ -256,6 +257,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     max_steps = total_steps(cfg.train.max_steps, cfg.train.epochs, len(train_loader), grad_accum)
     engine, lr_scheduler = setup_engine(model, cfg.optim, max_steps, ds_config)
     state, resumed = restore(engine, source)
+    if rank_zero:  # the manifest's derived values: world size, DeepSpeed JSON, parameters, data
+        manifest.record_setup(run_dir, config=config, engine=engine, ds_config=ds_config, world_size=world,
+                              grad_accum=grad_accum, parameter_counts=count_parameters(model),
+                              tokens_per_image=model.tokens_per_image, data_fingerprint=fingerprint)
     if resumed and rank_zero and resumed.get("data_sha256") != fingerprint.get("sha256"):
         log.warning("the data differ from the checkpoint's (fingerprint %s, now %s): the resumed run sees other data",
                     resumed.get("data_sha256"), fingerprint.get("sha256"))
@@ -312,6 +317,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     write_rank_footprint(run_dir, engine, distributed.rank(), world)
     if rank_zero:
         print_summary(run_dir, summary)
+        manifest.record_end(run_dir, summary, cfg.eval.monitor, status="completed" if finished else "stopped")
         if not finished:
             print(f"stopped by {stop_request.signal_name or 'a signal on another rank'} after step {state.step}; "
                   f"checkpoint {checkpoint_dir / checkpoints.tag_for(state.step)}. Resume with the same command plus "

@@ -1,0 +1,1 @@
+"""Runs as reviewable objects: manifests, run-to-run comparison, sweep reports."""

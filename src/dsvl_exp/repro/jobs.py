@@ -1,0 +1,115 @@
+"""One Hydra job, recorded and isolated from the next one of a multirun.
+
+Hydra runs the jobs of a multirun one after another in the same process. Its `run_job` catches an
+exception from the task, marks the job FAILED and goes on; the basic sweeper re-raises the first
+failure only after the whole batch ran, and the Optuna sweeper marks the trial FAIL (with
+`max_failure_rate` high enough to go on). What Hydra does not do is undo the task's global
+state, so a job that died mid-training would leave its process group, DeepSpeed's ZeRO-3 hooks
+into transformers and its W&B run open for the next job. `run_job` tears them down after every
+job, success or failure, and records the failure in the job's manifest.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dsvl_exp.repro import manifest
+
+log = logging.getLogger(__name__)
+
+# Set per run by training.distributed.ensure_rendezvous_env (a fresh free port each time).
+RENDEZVOUS_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class JobFailed(RuntimeError):
+    """A job that exited through SystemExit inside a multirun: Hydra only catches Exception."""
+
+
+def hydra_info() -> dict:
+    """Overrides, group choices and sweep position of the current Hydra job (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    return {
+        "mode": str(hydra_cfg.mode.name) if hydra_cfg.mode is not None else None,
+        "overrides": list(hydra_cfg.overrides.task),
+        "choices": {k: v for k, v in OmegaConf.to_container(hydra_cfg.runtime.choices).items()
+                    if not k.startswith("hydra/") or k in ("hydra/sweeper", "hydra/launcher")},
+        "job_num": hydra_cfg.job.get("num"),
+        "sweep_dir": hydra_cfg.sweep.dir if str(hydra_cfg.mode.name) == "MULTIRUN" else None,
+        "output_dir": hydra_cfg.runtime.output_dir,
+        "version": hydra_cfg.runtime.version,
+    }
+
+
+def is_rank_zero_task() -> bool:
+    """The Hydra task runs once per run, except under SLURM (once per rank)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
+
+
+def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
+    rank_zero = is_rank_zero_task()
+    info = hydra_info()
+    saved_env = {name: os.environ.get(name) for name in RENDEZVOUS_ENV}
+    if rank_zero:
+        manifest.begin_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True), info)
+    try:
+        return task()
+    except BaseException as error:
+        if rank_zero:
+            manifest.record_failure(run_dir, error)
+            log.error("job failed (%s); recorded in %s", manifest.error_line(error), Path(run_dir) / manifest.MANIFEST)
+        # The exception is kept by Hydra until the sweep ends: drop the frames' locals (model,
+        # engine, batches) so a failed job's memory is freed now; the traceback stays printable.
+        traceback.clear_frames(error.__traceback__)
+        if isinstance(error, SystemExit) and error.code not in (0, None) and info.get("mode") == "MULTIRUN":
+            raise JobFailed(f"job exited with status {error.code}") from error
+        raise
+    finally:
+        tear_down(saved_env)
+
+
+def tear_down(saved_env: dict[str, str | None]) -> None:
+    """Leave the process as the next job expects to find it."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            if "deepspeed.comm" in sys.modules:
+                import deepspeed.comm
+
+                # also drops DeepSpeed's cached world/data-parallel groups; after a plain torch
+                # destroy the next engine failed with "Group ... is not registered"
+                deepspeed.comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
+    if "transformers.integrations.deepspeed" in sys.modules:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # a ZeRO-3 job's partitioned-construction hook
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

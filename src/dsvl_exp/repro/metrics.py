@@ -1,0 +1,53 @@
+"""Reading a run's metrics.jsonl and deciding which way a metric improves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+LOWER_IS_BETTER = ("loss", "perplexity", "error", "step_time")
+HIGHER_IS_BETTER = ("accuracy", "tokens_per_s", "samples_per_s", "score", "bleu", "f1")
+
+
+def direction_for(metric: str) -> str:
+    """`minimize` for losses, `maximize` for accuracies; a clear error for anything else."""
+    name = metric.rsplit("/", 1)[-1].lower()
+    if any(word in name for word in LOWER_IS_BETTER):
+        return "minimize"
+    if any(word in name for word in HIGHER_IS_BETTER):
+        return "maximize"
+    raise ValueError(f"cannot tell whether {metric!r} should be minimised or maximised; name a loss "
+                     "(minimised) or an accuracy (maximised) in eval.monitor, or set hydra.sweeper.direction")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+            continue
+    return records
+
+
+def series(records: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+
+
+def best_metrics(records: list[dict]) -> dict:
+    """Per train/eval metric: its best value over the run and the step it came at."""
+    best = {}
+    keys = {k for r in records for k in r if k.startswith(("train/loss", "eval/"))}
+    for key in sorted(keys):
+        points = [(step, value) for step, value in series(records, key) if math.isfinite(value)]
+        if not points:
+            continue
+        pick = min if direction_for(key) == "minimize" else max
+        step, value = pick(points, key=lambda point: point[1])
+        best[key] = {"value": value, "step": step}
+    return best
