@@ -18,6 +18,8 @@ def endless_batches(loader) -> Iterator[tuple[int, dict]]:
     while True:
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)  # data.redraw_each_epoch: this epoch's draw, a function of (seed, epoch)
         for batch in loader:
             yield epoch, batch
         epoch += 1

@@ -20,7 +20,8 @@ from dsvl_exp.data.collate import DataCollator
 from dsvl_exp.data.dataset import ConversationDataset
 from dsvl_exp.data.debug_dump import dump_samples
 from dsvl_exp.data.fingerprint import data_fingerprint
-from dsvl_exp.data.length import fit_to_max_seq_len
+from dsvl_exp.data.length import fit_to_max_seq_len, lengths_cache_path
+from dsvl_exp.data.redraw import EpochDraws
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.freezing import count_parameters
@@ -98,7 +99,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
     )
     template = ChatTemplate(system_prompt=cfg.data.system_prompt)
     fitted_train, fitted_eval = (
-        fit_to_max_seq_len(conversations, tokenizer, template, model.tokens_per_image, cfg.data.max_seq_len, split)
+        fit_to_max_seq_len(conversations, tokenizer, template, model.tokens_per_image, cfg.data.max_seq_len, split,
+                           cache_path=lengths_cache_path(cfg.data.cache_dir, data.key, split, tokenizer, template, model.tokens_per_image)
+                           if cfg.data.cache_dir else None)
         for conversations, split in ((data.train, "train"), (data.eval, "eval"))
     )
     train_conversations, eval_conversations = fitted_train.conversations, fitted_eval.conversations
@@ -107,6 +110,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         "data/truncated": fitted_train.truncated + fitted_eval.truncated,
         "data/dropped_too_long": fitted_train.dropped + fitted_eval.dropped,
         "data/skipped_missing_image": data.skipped_missing_image,
+        **{f"data/dropped_{rule}": count for rule, count in data.dropped.items()},
     }
     log.info("data: %s", data_stats)
     if rank_zero:
@@ -115,7 +119,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> float:
         if cfg.data.debug_dump:
             dump_samples(train_conversations, template, tokenizer.eos_token, cfg.data.debug_dump, run_dir)
     processor = model.vision.image_processor
-    train_set = ConversationDataset(train_conversations, tokenizer, processor, template)
+    draws = EpochDraws(data, cfg.seed, fitted_train.kept) if cfg.data.redraw_each_epoch else None
+    train_set = ConversationDataset(train_conversations, tokenizer, processor, template, draws, cfg.data.max_seq_len, model.tokens_per_image)
     eval_set = ConversationDataset(eval_conversations, tokenizer, processor, template)
     collator = DataCollator(tokenizer.pad_token_id, pad_to_multiple_of=cfg.model.pad_to_multiple_of)
     rank = distributed.rank()

@@ -81,7 +81,7 @@ def read_native_jsonl(path: str | Path, image_dir: Path | None = None) -> list[C
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno}); fix or remove the line") from None
+                raise DataError(f"{where}: malformed JSON at column {error.colno} ({error.msg}); fix or remove the line") from None
             conversations.append(parse_record(record, where, image_dir or path.parent))
     if not conversations:
         raise DataError(f"{path}: no conversations in the file")
