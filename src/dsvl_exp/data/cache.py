@@ -39,8 +39,14 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
+def json_problem(error: json.JSONDecodeError) -> str:
+    """e.g. "malformed JSON (Unterminated string starting at column 7)": json's own messages
+    often end in "at", so the column follows the message rather than repeating the word."""
+    return f"malformed JSON ({error.msg.removesuffix(' at')} at column {error.colno})"
+
+
 def json_error(path: Path | str, error: json.JSONDecodeError, what: str) -> str:
-    return f"{path}:{error.lineno}: malformed JSON at column {error.colno} ({error.msg}) in the {what} file"
+    return f"{path}:{error.lineno}: {json_problem(error)} in the {what} file"
 
 
 def load_json(path: Path, what: str) -> Any:

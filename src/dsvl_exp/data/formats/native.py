@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+from dsvl_exp.data.cache import json_problem
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.registry import LoadedDataset, register
@@ -81,7 +82,7 @@ def read_native_jsonl(path: str | Path, image_dir: Path | None = None) -> list[C
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{where}: malformed JSON at column {error.colno} ({error.msg}); fix or remove the line") from None
+                raise DataError(f"{where}: {json_problem(error)}; fix or remove the line") from None
             conversations.append(parse_record(record, where, image_dir or path.parent))
     if not conversations:
         raise DataError(f"{path}: no conversations in the file")
