@@ -48,13 +48,13 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         raise ValueError(f"launcher.kind={settings.kind!r}: expected local or slurm")
     check_local_settings(settings.nproc_per_node, settings.start_method)
     if settings.nproc_per_node == 1:
-        from dsvl_exp.training.run import run_training
+        from dsvl_exp.training.recipe import train
 
         if settings.omp_num_threads is not None:  # otherwise torch's default: every core
             import torch
 
             torch.set_num_threads(rendezvous.omp_threads_per_rank(rendezvous.cpu_count(), 1, settings.omp_num_threads))
-        return run_training(cfg, run_dir)
+        return train(cfg, run_dir)
     return launch_local_ranks(cfg, run_dir)
 
 
@@ -148,9 +148,9 @@ def run_rank(config: dict, run_dir: str, omp_threads: int | None = None, log_fil
     # DeepSpeed's collectives call torch APIs that warn on every call; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     configure_rank_logging(int(os.environ.get("RANK", 0)), log_file)
-    from dsvl_exp.training.run import run_training
+    from dsvl_exp.training.recipe import train
 
-    return run_training(OmegaConf.create(config), Path(run_dir))
+    return train(OmegaConf.create(config), Path(run_dir))
 
 
 def env_threads() -> int | None:
