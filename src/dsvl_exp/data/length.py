@@ -26,7 +26,7 @@ import numpy as np
 from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.fingerprint import template_sha256, tokenizer_sha256
-from dsvl_exp.data.sharding import map_sharded
+from dsvl_exp.data.sharding import all_ranks_true, map_sharded, rank_and_world
 from dsvl_exp.data.template import ChatTemplate, tokenize_round
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,12 @@ def all_round_lengths(conversations: Sequence[Conversation], tokenizer, template
                       cache_path: Path | None = None) -> list[list[int]]:
     """Per-round decoder lengths of every conversation: from the cache when it matches, else
     computed with the work split across ranks (then cached)."""
-    if cache_path is not None and cache_path.is_file():
-        cached = load_lengths(cache_path, conversations)
-        if cached is not None:
-            log.info("round lengths of %d conversation(s) loaded from %s", len(conversations), cache_path)
-            return cached
+    cached = load_lengths(cache_path, conversations) if cache_path is not None and cache_path.is_file() else None
+    if all_ranks_true(cached is not None):  # decided together: a rank alone computing would wait forever
+        log.info("round lengths of %d conversation(s) loaded from %s", len(conversations), cache_path)
+        return cached
     lengths = map_sharded(conversations, lambda part: batched_round_lengths(part, tokenizer, template, tokens_per_image))
-    if cache_path is not None:
+    if cache_path is not None and rank_and_world()[0] == 0:
         save_lengths(cache_path, lengths)
     return lengths
 

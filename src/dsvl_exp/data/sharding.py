@@ -45,3 +45,14 @@ def broadcast_from_zero(value: Any) -> Any:
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         dist.barrier()
+
+
+def all_ranks_true(flag: bool) -> bool:
+    """True only when `flag` is true on every rank (a decision all ranks then follow together)."""
+    if rank_and_world()[1] == 1:
+        return flag
+    import torch
+
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
