@@ -100,7 +100,7 @@ def run_ranks(ranks: int, index: Path, cache_dir: Path, result: Path, verify_ima
     processes = []
     for rank in range(ranks):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
         command = [sys.executable, __file__, "--worker", "--index", str(index), "--cache-dir", str(cache_dir),
                    "--result", str(result), "--verify-images", verify_images]
         processes.append(subprocess.Popen(command, env=env))

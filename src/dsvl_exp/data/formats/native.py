@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import random
+
+import orjson
 from pathlib import Path
 
 from dsvl_exp.data.cache import json_problem
@@ -77,20 +79,29 @@ def parse_record(record: dict, where: str, base_dir: Path, resolved: dict[str, s
     return Conversation(id=conv_id, images=images, rounds=tuple(rounds), source=str(where))
 
 
+def line_error(line: bytes) -> json.JSONDecodeError:
+    """The standard library's error for a line orjson rejected (its messages name the column)."""
+    try:
+        json.loads(line.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError as error:
+        return error
+    return json.JSONDecodeError("invalid UTF-8 or JSON", "", 0)
+
+
 def read_native_jsonl(path: str | Path, image_dir: Path | None = None) -> list[Conversation]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     conversations, resolved, base_dir, name = [], {}, image_dir or path.parent, str(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"{name}:{line_number}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: {json_problem(error)}; fix or remove the line") from None
+                record = orjson.loads(line)  # ~2x faster than json: a large index is mostly parse time
+            except orjson.JSONDecodeError:
+                raise DataError(f"{where}: {json_problem(line_error(line))}; fix or remove the line") from None
             conversations.append(parse_record(record, where, base_dir, resolved))
     if not conversations:
         raise DataError(f"{path}: no conversations in the file")
