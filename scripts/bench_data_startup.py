@@ -60,9 +60,9 @@ def startup(index: Path, cache_dir: Path, verify_images: str) -> dict:
 
     tokenizer, template = load_tokenizer(), ChatTemplate()
     barrier()
-    times, start = {}, time.perf_counter()
+    times, start, cpu = {}, time.perf_counter(), time.process_time()
     built = build_conversations(None, [{"format": "native", "path": str(index)}], [], eval_split=0.001,
-                                verify_images=verify_images, seed=0)
+                                verify_images=verify_images, seed=0, cache_dir=str(cache_dir))
     times["build"] = time.perf_counter() - start
     mark = time.perf_counter()
     fitted = fit_to_max_seq_len(built.train, tokenizer, template, 64, 4096, "train",
@@ -75,6 +75,7 @@ def startup(index: Path, cache_dir: Path, verify_images: str) -> dict:
     times["draws+fingerprint"] = time.perf_counter() - mark
     barrier()
     times["total"] = time.perf_counter() - start
+    times["cpu"] = time.process_time() - cpu  # what the rank itself computed: the machine's load does not inflate it
     return {"times": times, "samples": len(fitted.conversations), "length_sum": sum(fitted.lengths)}
 
 
@@ -109,7 +110,8 @@ def run_ranks(ranks: int, index: Path, cache_dir: Path, result: Path, verify_ima
     per_rank = [json.loads(result.with_suffix(f".rank{r}.json").read_text()) for r in range(ranks)]
     if len({(r["samples"], r["length_sum"]) for r in per_rank}) != 1:
         raise SystemExit(f"ranks disagree on the data: {per_rank}")
-    return {"seconds": max(r["times"]["total"] for r in per_rank), "phases": per_rank[0]["times"],
+    return {"seconds": max(r["times"]["total"] for r in per_rank), "cpu_seconds": max(r["times"]["cpu"] for r in per_rank),
+            "phases": per_rank[0]["times"],
             "samples": per_rank[0]["samples"], "length_sum": per_rank[0]["length_sum"]}
 
 
@@ -143,8 +145,9 @@ def main() -> None:
             row = run_ranks(ranks, index, cache_dir, workdir / f"result_{ranks}_{phase}.json", args.verify_images)
             row.update(ranks=ranks, phase=phase)
             figures.append(row)
-            phases = ", ".join(f"{k} {v:.1f}" for k, v in row["phases"].items() if k != "total")
-            print(f"{ranks} rank(s) {phase}: {row['seconds']:.1f} s  ({phases}; {row['samples']:,} samples)")
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in row["phases"].items() if k not in ("total", "cpu"))
+            print(f"{ranks} rank(s) {phase}: {row['seconds']:.1f} s wall, {row['cpu_seconds']:.1f} s CPU per rank  "
+                  f"({phases}; {row['samples']:,} samples; load average {os.getloadavg()[0]:.1f})")
     if len({(f["samples"], f["length_sum"]) for f in figures}) != 1:
         raise SystemExit("runs disagree on the data")
     if args.json:

@@ -72,3 +72,22 @@ def test_bench_startup_two_ranks_cold_and_warm(tmp_path, tokenizer):
     built = build_conversations(None, [{"format": "native", "path": str(tmp_path / "w/index.jsonl")}], [], eval_split=0.001)
     one_process = fit_to_max_seq_len(built.train, tokenizer, ChatTemplate(), 64, 4096, "train")
     assert figures[0]["length_sum"] == figures[1]["length_sum"] == sum(one_process.lengths)
+
+
+def test_parsed_datasets_are_reused_until_their_file_changes(tmp_path, monkeypatch):
+    from dsvl_exp.data.formats import native as native_format
+
+    spec = native(tmp_path, 6)
+    first = build_conversations(None, spec, [], cache_dir=str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("parsed-native-*.pkl"))) == 1
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed although the file is unchanged")
+
+    monkeypatch.setattr(native_format, "read_native_jsonl", no_parsing)
+    again = build_conversations(None, spec, [], cache_dir=str(tmp_path / "cache"))
+    assert again.train == first.train and again.key == first.key
+    data = tmp_path / "d.jsonl"
+    data.write_text(data.read_text().replace('"answer": "a"', '"answer": "b"'))
+    with pytest.raises(AssertionError, match="parsed although"):  # the file changed: parsed again
+        build_conversations(None, spec, [], cache_dir=str(tmp_path / "cache"))

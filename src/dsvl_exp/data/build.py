@@ -26,6 +26,7 @@ from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats import get_reader
 from dsvl_exp.data.mixing import concatenation_groups, merge_conversations, split_train_eval, subsample
+from dsvl_exp.data.snapshot import gc_paused, load_snapshot, save_snapshot, snapshot_path
 from dsvl_exp.data.synthetic import ensure_shapes_dataset
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def spec_path(spec: dict, data_path: str | None) -> Path:
 
 
 def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_image: str, verify_images,
-             rng: random.Random, built: BuiltData) -> tuple[DatasetDraws, list[int]]:
+             rng: random.Random, built: BuiltData, cache_dir: str | None = None) -> tuple[DatasetDraws, list[int]]:
     """The dataset's draws and the groups its samples use (after `samples` / `weight`)."""
     unknown = set(spec) - SPEC_KEYS
     if unknown:
@@ -76,7 +77,12 @@ def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_imag
     path = spec_path(spec, data_path)
     reader = get_reader(name, path)
     image_dir = Path(spec["image_dir"]).expanduser() if spec.get("image_dir") else None
-    loaded = reader(path, rng, max_images, image_dir)
+    snapshot = snapshot_path(cache_dir, spec, path, max_images) if cache_dir else None
+    loaded = load_snapshot(snapshot, reader) if snapshot and snapshot.is_file() else None
+    if loaded is None:
+        loaded = reader(path, rng, max_images, image_dir)
+        if snapshot:
+            save_snapshot(snapshot, reader, loaded)
     built.annotation_files += loaded.annotation_files
     for rule, count in loaded.dropped.items():
         built.dropped[rule] = built.dropped.get(rule, 0) + count
@@ -89,8 +95,11 @@ def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_imag
         raise DataError(f"dataset {name} ({path}): no samples left after filtering ({len(loaded.conversations)} read, "
                         f"{skipped} skipped for missing images{', ' + dropped if dropped else ''}); check the files and the filters")
     check_images_per_sample(conversations, max_images)
-    kept_ids = {id(c) for c in conversations}
-    kept = [i for i, c in enumerate(loaded.conversations) if id(c) in kept_ids]
+    if skipped:
+        kept_ids = {id(c) for c in conversations}
+        kept = [i for i, c in enumerate(loaded.conversations) if id(c) in kept_ids]
+    else:
+        kept = list(range(len(conversations)))
     concatenate = int(spec.get("concatenate") or 1)
     groups = concatenation_groups([c.num_images for c in conversations], concatenate, max_images, rng)
     chosen = subsample(list(range(len(groups))), spec.get("samples", "all"), spec.get("weight"), rng, name)
@@ -118,7 +127,16 @@ def build_conversations(
     on_missing_image: str = "error",
     verify_images="header",
     seed: int = 0,
+    cache_dir: str | None = None,
 ) -> BuiltData:
+    """`cache_dir`: where parsed datasets are kept between runs (see snapshot.py); None: off."""
+    with gc_paused():
+        return build(synthetic, train, eval, data_path, eval_split, max_images_per_sample, on_missing_image, verify_images,
+                     seed, cache_dir)
+
+
+def build(synthetic, train, eval, data_path, eval_split, max_images_per_sample, on_missing_image, verify_images, seed,
+          cache_dir) -> BuiltData:
     train_specs, eval_specs = list(train), list(eval)
     if synthetic is not None:
         root = ensure_shapes_dataset(**synthetic)
@@ -133,7 +151,8 @@ def build_conversations(
         for index, spec in enumerate(specs):
             # One generator per dataset: adding a dataset never changes another's draws.
             rng = random.Random(f"{seed}/{role}/{index}/{spec.get('format')}")
-            dataset, chosen = read_one(dict(spec), data_path, max_images_per_sample, on_missing_image, verify_images, rng, built)
+            dataset, chosen = read_one(dict(spec), data_path, max_images_per_sample, on_missing_image, verify_images, rng, built,
+                                       cache_dir)
             draws.append(dataset)
             refs += [(index, group) for group in chosen]
         return draws, refs

@@ -26,6 +26,7 @@ import numpy as np
 from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.fingerprint import template_sha256, tokenizer_sha256
+from dsvl_exp.data.snapshot import gc_paused
 from dsvl_exp.data.sharding import all_ranks_true, map_sharded, rank_and_world
 from dsvl_exp.data.template import ChatTemplate, tokenize_round
 
@@ -152,7 +153,8 @@ def fit_to_max_seq_len(
     conversations: Sequence[Conversation], tokenizer, template: ChatTemplate, tokens_per_image: int,
     max_seq_len: int | None, split: str, cache_path: Path | None = None,
 ) -> FittedConversations:
-    lengths = all_round_lengths(conversations, tokenizer, template, tokens_per_image, cache_path)
+    with gc_paused():
+        lengths = all_round_lengths(conversations, tokenizer, template, tokens_per_image, cache_path)
     # Vectorised over all rounds (a Python loop over 1M conversations costs seconds): a round fits
     # when the running total of its conversation up to it is within max_seq_len.
     offsets, rounds = lengths.offsets, lengths.rounds.astype(np.int64)

@@ -99,6 +99,7 @@ def setup_data(data_cfg: DictConfig, seed: int):
         on_missing_image=data_cfg.on_missing_image,
         verify_images=data_cfg.verify_images,
         seed=seed,
+        cache_dir=data_cfg.cache_dir,
     )
 
 
