@@ -45,7 +45,8 @@ class DatasetDraws:
     concatenate: int
 
     def sample(self, group: int) -> Conversation:
-        return merge_conversations([self.base[i] for i in self.groups[group]])
+        members = self.groups[group]
+        return self.base[members[0]] if len(members) == 1 else merge_conversations([self.base[i] for i in members])
 
 
 @dataclass
@@ -94,14 +95,15 @@ def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_imag
         dropped = ", ".join(f"{count} dropped by the rule {rule!r}" for rule, count in loaded.dropped.items())
         raise DataError(f"dataset {name} ({path}): no samples left after filtering ({len(loaded.conversations)} read, "
                         f"{skipped} skipped for missing images{', ' + dropped if dropped else ''}); check the files and the filters")
-    check_images_per_sample(conversations, max_images)
+    counts = [c.num_images for c in conversations]
+    check_images_per_sample(conversations, max_images, counts)
     if skipped:
         kept_ids = {id(c) for c in conversations}
         kept = [i for i, c in enumerate(loaded.conversations) if id(c) in kept_ids]
     else:
         kept = list(range(len(conversations)))
     concatenate = int(spec.get("concatenate") or 1)
-    groups = concatenation_groups([c.num_images for c in conversations], concatenate, max_images, rng)
+    groups = concatenation_groups(counts, concatenate, max_images, rng)
     chosen = subsample(list(range(len(groups))), spec.get("samples", "all"), spec.get("weight"), rng, name)
     log.info("dataset %s (%s): %d sample(s)", name, path, len(chosen))
     return DatasetDraws(name, conversations, kept, groups, loaded.redraw, concatenate), chosen

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
+from itertools import chain
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -54,7 +55,12 @@ def verify_mode(value) -> VerifyImages:
         raise DataError(f"data.verify_images={value!r}; choose one of header, full, false") from None
 
 
-def check_images_per_sample(conversations: Sequence[Conversation], max_images: int) -> None:
+def check_images_per_sample(conversations: Sequence[Conversation], max_images: int,
+                            counts: Sequence[int] | None = None) -> None:
+    """`counts`: the conversations' image counts when already computed."""
+    counts = [c.num_images for c in conversations] if counts is None else counts
+    if not counts or max(counts) <= max_images:
+        return
     for conversation in conversations:
         if conversation.num_images > max_images:
             raise DataError(
@@ -103,7 +109,7 @@ def check_image_files(conversations: Sequence[Conversation], on_missing_image: s
     if on_missing_image not in MISSING_IMAGE_POLICIES:
         raise DataError(f"data.on_missing_image={on_missing_image!r}; choose one of {MISSING_IMAGE_POLICIES}")
     mode = verify_mode(verify_images)
-    distinct = list(dict.fromkeys(entry for conversation in conversations for entry in conversation.images))
+    distinct = list(dict.fromkeys(chain.from_iterable(conversation.images for conversation in conversations)))
     problem = {entry: why for entry, why in zip(distinct, map_sharded(distinct, lambda part: problems_of(part, mode))) if why}
     if not problem:
         return list(conversations), 0
