@@ -87,7 +87,8 @@ def dialogue_conversation(record: dict, root: Path, rng: random.Random, where: s
         user, assistant = turns[2 * k], turns[2 * k + 1]
         shown = [image["image_id"] for image in user.get("images", [])]
         for image_id in shown:
-            tag_of.setdefault(str(image_id), tags[len(tag_of)])
+            n = len(tag_of)  # past the 8 styled tags (a limit above the reference's 8): numbered
+            tag_of.setdefault(str(image_id), tags[n] if n < len(tags) else f"image {n + 1}")
             images.append(str(image_dir / f"{image_id}.jpg"))
         question = replace_names(user["content"].replace("<Img><ImageHere></Img>", "").replace("\n", ""), tag_of)
         answer = replace_names(nonempty_answer(assistant.get("content"), f"{where}.dialogue[{2 * k + 1}]"), tag_of)
