@@ -49,3 +49,20 @@ def build_tiny_model(tokenizer, image_order="forward", seed=0, attention="causal
 @pytest.fixture()
 def tiny_model(tokenizer):
     return build_tiny_model(tokenizer)
+
+
+def compose_config(*overrides: str, hydra: bool = False, validate: bool = True):
+    """The config the entry point would compose for these command-line overrides (`zero=3`
+    typed as a user types it), checked as the entry point checks it. `hydra=True` adds the
+    `hydra` node (then unchecked: it is not part of a run's config)."""
+    from hydra import compose, initialize_config_dir
+
+    from dsvl_exp.config.overrides import quote_numeric_group_choices
+    from dsvl_exp.config.validation import validate_config
+    from dsvl_exp.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=quote_numeric_group_choices(list(overrides)), return_hydra_config=hydra)
+    if validate and not hydra:
+        validate_config(cfg)
+    return cfg

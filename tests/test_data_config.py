@@ -1,19 +1,12 @@
 """The data config: the reference recipe's 9 datasets compose and build from one data root."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from dsvl_exp.data.build import build_conversations
-from dsvl_exp.train import CONFIG_DIR
-
+from conftest import compose_config as compose_cfg
 from reference_fixtures import write_reference_root
-
-
-def compose_cfg(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def build_from(cfg):

@@ -69,7 +69,7 @@ def test_two_local_ranks_one_run_directory_partitioned_like_one_rank(tmp_path):
     result = launch([sys.executable, "-m", "dsvl_exp.train", *WITH_GENERATION, *zero3, "train.micro_batch_size=4",
                      "launcher.nproc_per_node=2"], cwd=two)
     run_dir = only_run_directory(two)
-    assert run_dir.parent.parent == two / "outputs"
+    assert run_dir.parent.parent == two / "outputs" / "smoke"  # outputs/<experiment>/<date>/<time>
     assert_close_losses(one_rank, run_dir, rel=5e-3)
 
     # generation eval ran sharded over both ranks (ZeRO-3 gathers with synced_gpus)

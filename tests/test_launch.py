@@ -3,21 +3,15 @@ launcher's argument, the SLURM mapping and the sbatch script the submitit launch
 
 from __future__ import annotations
 
+import random
+
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from dsvl_exp.config.schema import register_configs
-from dsvl_exp.train import CONFIG_DIR
+from conftest import compose_config
+from dsvl_exp.errors import UserError
 from dsvl_exp.training import rendezvous
 from dsvl_exp.training.launch import check_local_settings, launch_config
-
-register_configs()
-
-
-def compose_config(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def test_external_launcher_is_detected_from_torch_rank_variables():
@@ -37,7 +31,7 @@ def test_omp_threads_share_the_cores_at_least_one_each():
     assert rendezvous.omp_threads_per_rank(2, 2) == 1
     assert rendezvous.omp_threads_per_rank(2, 8) == 1
     assert rendezvous.omp_threads_per_rank(16, 4, configured=3) == 3
-    with pytest.raises(ValueError, match="launcher.omp_num_threads=0"):
+    with pytest.raises(UserError, match="launcher.omp_num_threads=0"):
         rendezvous.omp_threads_per_rank(16, 4, configured=0)
 
 
@@ -56,33 +50,43 @@ SLURM_TASK = {
     "SLURM_JOB_NUM_NODES": "2",
     "SLURM_JOB_NODELIST": "gpu[003-004]",
     "SLURM_JOB_ID": "123456",
+    "SUBMITIT_EXECUTOR": "slurm",  # set by submitit in every task it starts
 }
 
 
-def test_slurm_task_maps_to_torch_rank_variables():
-    env = rendezvous.slurm_rendezvous_env(SLURM_TASK)
+def slurm_task(monkeypatch, **changes):
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**SLURM_TASK, **changes}.items():
+        monkeypatch.setenv(name, value)
+    return rendezvous.slurm_rendezvous_env()
+
+
+def test_slurm_task_maps_to_torch_rank_variables(monkeypatch):
+    env = slurm_task(monkeypatch)
     assert env == {
         "RANK": "5",
         "LOCAL_RANK": "1",
         "WORLD_SIZE": "8",
         "LOCAL_WORLD_SIZE": "4",
         "MASTER_ADDR": "gpu003",
-        "MASTER_PORT": str(20000 + 123456 % 40000),
+        "MASTER_PORT": str(random.Random("123456").randint(20000, 60000)),  # submitit's rule
     }
     # every task of the job computes the same master without talking
-    assert rendezvous.slurm_rendezvous_env({**SLURM_TASK, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"})["MASTER_PORT"] == env["MASTER_PORT"]
-    assert rendezvous.slurm_rendezvous_env({**SLURM_TASK, "MASTER_PORT": "29500"})["MASTER_PORT"] == "29500"
+    assert slurm_task(monkeypatch, SLURM_PROCID="0", SLURM_LOCALID="0")["MASTER_PORT"] == env["MASTER_PORT"]
+    assert slurm_task(monkeypatch, MASTER_PORT="29500")["MASTER_PORT"] == "29500"
 
 
-def test_first_slurm_host_of_node_lists():
-    assert rendezvous.first_slurm_host("node17") == "node17"
-    assert rendezvous.first_slurm_host("gpu[010-012,020],cpu7") == "gpu010"
-    assert rendezvous.first_slurm_host("a1,b[2-3]") == "a1"
+@pytest.mark.parametrize("node_list, first", [("node17", "node17"), ("gpu[010-012,020],cpu7", "gpu010"), ("a1,b[2-3]", "a1")])
+def test_master_is_the_first_host_of_the_node_list(monkeypatch, node_list, first):
+    assert slurm_task(monkeypatch, SLURM_JOB_NODELIST=node_list)["MASTER_ADDR"] == first
 
 
-def test_slurm_mapping_outside_slurm_names_what_is_missing():
-    with pytest.raises(RuntimeError, match="SLURM_PROCID.*launcher=slurm"):
-        rendezvous.slurm_rendezvous_env({})
+def test_slurm_mapping_outside_slurm_names_what_is_missing(monkeypatch):
+    for name in SLURM_TASK:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match="SLURM_PROCID.*launcher=slurm"):
+        rendezvous.slurm_rendezvous_env()
 
 
 def test_local_launch_config_is_one_node_c10d():
@@ -93,18 +97,16 @@ def test_local_launch_config_is_one_node_c10d():
 
 
 def test_impossible_local_settings_fail_naming_the_key():
-    with pytest.raises(ValueError, match="launcher.nproc_per_node=0"):
-        check_local_settings(0, "spawn")
-    with pytest.raises(ValueError, match="launcher.start_method='thread'"):
-        check_local_settings(2, "thread")
+    with pytest.raises(UserError, match="launcher.nproc_per_node=0"):
+        check_local_settings(0)
     import torch
 
     if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="launcher.nproc_per_node=4096 but only"):
-            check_local_settings(4096, "spawn")
+        with pytest.raises(UserError, match="launcher.nproc_per_node=4096 but only"):
+            check_local_settings(4096)
     else:  # allowed on CPU (ranks share cores), but said
         with pytest.warns(UserWarning, match="launcher.nproc_per_node=4096 is more than"):
-            check_local_settings(4096, "spawn")
+            check_local_settings(4096)
 
 
 def test_launcher_group_defaults_to_one_local_rank():
@@ -140,3 +142,39 @@ def test_slurm_launcher_composes_and_writes_the_expected_sbatch(tmp_path, monkey
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu"):
         assert line in script.splitlines(), line
     assert "srun" in script
+    assert "export SUBMITIT_EXECUTOR=slurm" in script.splitlines()  # what slurm_rendezvous_env relies on
+
+
+def test_thread_count_is_decided_in_one_place():
+    assert rendezvous.threads_for_rank({"LOCAL_WORLD_SIZE": "2"}, configured=3) == 3
+    assert rendezvous.threads_for_rank({"OMP_NUM_THREADS": "5", "LOCAL_WORLD_SIZE": "2"}) == 5  # the user's (or torchrun's)
+    assert rendezvous.threads_for_rank({"LOCAL_WORLD_SIZE": "2"}) == max(1, rendezvous.cpu_count() // 2)
+
+
+def test_launch_modules_do_not_import_each_other():
+    """followers and launch both use rank.train_on_rank; neither imports the other at module level."""
+    import ast
+    from pathlib import Path
+
+    import dsvl_exp.training as training
+
+    def imports(name):
+        tree = ast.parse((Path(training.__file__).parent / f"{name}.py").read_text())
+        return {node.module for node in tree.body if isinstance(node, ast.ImportFrom)} | {
+            f"{node.module}.{alias.name}" for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+
+    assert not {m for m in imports("followers") if "launch" in m}
+    assert "dsvl_exp.training.rank" in imports("followers") and "dsvl_exp.training.rank" in imports("launch")
+
+
+def test_a_ranks_user_error_comes_back_as_one_user_error():
+    from types import SimpleNamespace
+
+    from dsvl_exp.training.launch import user_error_of_ranks
+
+    def failed(text):  # what torch's @record writes for a rank's exception
+        return SimpleNamespace(failures={1: SimpleNamespace(message={"message": text, "extraInfo": {"timestamp": "0"}})})
+
+    error = user_error_of_ranks(failed("DataError: d.jsonl:1: image file not found: x.png"))
+    assert isinstance(error, UserError) and str(error) == "d.jsonl:1: image file not found: x.png"
+    assert user_error_of_ranks(failed("RuntimeError: boom")) is None  # internal: the full report stays

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from dsvl_exp.models.tokenizer import BUNDLED_TOKENIZER
 from dsvl_exp.models.vision import clip_image_processor
-from dsvl_exp.train import CONFIG_DIR
+from conftest import compose_config
 from helpers import read_metrics, run_train
 
 
@@ -35,8 +34,7 @@ def test_build_model_loads_saved_weights(pretrained_dirs):
     from hydra.utils import instantiate
 
     root, vision, decoder = pretrained_dirs
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"vision.pretrained={root / 'clip'}", f"decoder.pretrained={root / 'llama'}"])
+    cfg = compose_config(f"vision.pretrained={root / 'clip'}", f"decoder.pretrained={root / 'llama'}")
     tokenizer = instantiate(cfg.tokenizer)
     assert len(tokenizer) == 515 and tokenizer.convert_tokens_to_ids("<image>") == 513
     model = build_model(cfg, tokenizer)

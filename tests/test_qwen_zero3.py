@@ -16,7 +16,10 @@ TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_size=4
 SCRIPT = """
 import os, sys, torch, deepspeed
 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[3])
-deepspeed.init_distributed(dist_backend="gloo")
+# the product's initialisation: deepspeed.init_distributed alone JIT-builds the CPU shm_comm op
+# (about 30 s on a fresh machine, 144 s on a loaded one), which training never uses
+from dsvl_exp.training import distributed
+distributed.init_process_group()
 from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
 config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
 with deepspeed.zero.Init(config_dict_or_path=config):

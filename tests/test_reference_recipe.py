@@ -2,11 +2,9 @@
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-from dsvl_exp.config.overrides import quote_numeric_group_choices
-from dsvl_exp.train import CONFIG_DIR
 from dsvl_exp.training.engine import resolve_grad_accum
+from conftest import compose_config
 from helpers import read_metrics, run_train
 from reference_fixtures import write_reference_root
 
@@ -22,8 +20,7 @@ TINY_MODELS = [
 
 
 def compose_reference(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=quote_numeric_group_choices(["experiment=dsvl_7b_reference", *overrides]))
+    return compose_config("experiment=dsvl_7b_reference", *overrides)
 
 
 def test_composes_to_the_run_7b_settings():

@@ -1,78 +1,152 @@
-"""End to end through the real entry point (`python -m dsvl_exp.train`)."""
+"""End to end through the real entry point (`python -m dsvl_exp.train`): seeded golden losses,
+what a run writes and logs, clean user errors, and a multirun over every experiment."""
 
+import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import read_metrics, run_train
+from helpers import REPO, read_metrics
+from reference_fixtures import write_reference_root
+from test_reference_recipe import TINY_MODELS
+
+GOLDEN = json.loads((REPO / "tests" / "golden" / "smoke.json").read_text())  # scripts/update_golden.py
+EXPERIMENTS = sorted({path.stem for root in (REPO / "src" / "dsvl_exp" / "conf", REPO / "experiments")
+                      for path in (root / "experiment").glob("*.yaml")})
+
+
+def entry_point(cwd: Path, *overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dsvl_exp.train", *overrides], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One `experiment=smoke` run with Hydra choosing the run directory, shared by the checks below."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    result = entry_point(cwd, *GOLDEN["overrides"])
+    assert result.returncode == 0, result.stderr[-6000:]
+    (run_dir,) = [path.parent for path in (cwd / "outputs").rglob("metrics.jsonl")]
+    return cwd, run_dir, result
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_and_logs(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_train(run_dir, "experiment=smoke", "train.max_steps=40", "train.log_every_n_steps=5", "eval.every_n_steps=20")
-    metrics = read_metrics(run_dir)
+def test_smoke_losses_match_the_golden_values(smoke):
+    metrics = read_metrics(smoke[1])
+    for key, expected in GOLDEN["values"].items():
+        got = [[m["step"], m[key]] for m in metrics if key in m]
+        assert [step for step, _ in got] == [step for step, _ in expected], key
+        for (step, value), (_, golden) in zip(got, expected):
+            assert value == pytest.approx(golden, rel=1e-4, abs=1e-6), (key, step)
+
+
+@pytest.mark.slow
+def test_smoke_metrics_records(smoke):
+    metrics = read_metrics(smoke[1])
     train = [m for m in metrics if "train/loss" in m]
-    evals = [m for m in metrics if "eval/loss" in m]
-    assert [m["step"] for m in train] == list(range(5, 45, 5))
+    assert [m["step"] for m in train] == [5, 10, 15, 20]
     for key in ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/samples_per_s"):
         assert all(isinstance(m[key], float) and math.isfinite(m[key]) for m in train), key
-    assert train[-1]["train/loss"] < train[0]["train/loss"] * 0.8
-    assert [m["step"] for m in evals] == [20, 40] and evals[-1]["eval/loss"] < evals[0]["eval/loss"]
-    assert 0.0 <= evals[-1]["eval/accuracy"] <= 1.0
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["train"]["max_steps"] == 40 and "${" not in (run_dir / "config.yaml").read_text()
-    assert (run_dir / ".hydra" / "overrides.yaml").exists()
-    assert f"run directory: {run_dir}" in result.stdout and "eval answer accuracy" in result.stdout
+    assert train[-1]["train/lr"] == 0.0 and train[0]["train/lr"] > 0  # cosine to zero at max_steps
+    stats = next(m for m in metrics if "data/train_samples" in m)
+    assert (stats["data/train_samples"], stats["data/eval_samples"]) == (64, 16)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["2", "3"])
-def test_zero_stage_runs_as_typed(tmp_path, stage):
-    run_dir = tmp_path / f"zero{stage}"
-    run_train(run_dir, f"zero={stage}", "experiment=smoke", "eval.generation=false", "eval.monitor=eval/loss")
+def test_run_directory_is_outputs_experiment_date_time(smoke):
+    cwd, run_dir, _ = smoke
+    relative = run_dir.relative_to(cwd).parts
+    assert relative[:2] == ("outputs", "smoke") and len(relative) == 4
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", relative[2]) and re.fullmatch(r"\d{2}-\d{2}-\d{2}", relative[3])
+    for name in (".hydra/overrides.yaml", "config.yaml", "metrics.jsonl", "train.log", "parameters.json"):
+        assert (run_dir / name).exists(), name
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["zero"]["stage"] == int(stage)
-    train = [m for m in read_metrics(run_dir) if "train/loss" in m]
-    assert train[-1]["train/loss"] < train[0]["train/loss"]
+    assert saved["train"]["max_steps"] == 20 and "${" not in (run_dir / "config.yaml").read_text()
+    assert saved["model"]["image_order"] == "forward" and saved["train"]["precision"] == "fp32"  # plain strings
 
 
 @pytest.mark.slow
-def test_same_seed_same_losses(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for run_dir in (a, b):
-        run_train(run_dir, "experiment=smoke", "eval.generation=false", "eval.monitor=eval/loss")
-    losses = lambda d: [m["train/loss"] for m in read_metrics(d) if "train/loss" in m]  # noqa: E731
-    assert losses(a) == losses(b)
+def test_train_log_holds_what_the_console_shows(smoke):
+    """Before: 11 lines, no config, no train loss, no result. Stdout is a pipe here (no progress bar)."""
+    _, run_dir, result = smoke
+    log = (run_dir / "train.log").read_text()
+    values = dict(map(tuple, GOLDEN["values"]["train/loss"]))
+    for text in ("resolved config:", "parameters:", f"step 5 | loss {values[5]:.4f} | lr ", " | tokens/s ",
+                 "step 20 | eval/loss ", f"run directory: {run_dir}", f"final train loss {values[20]:.4f} | eval loss "):
+        assert text in log, text
+        assert text in result.stdout, text
+    assert len(re.findall(r"step \d+ \| loss ", log)) == 4
+    assert "FutureWarning" not in result.stderr
+
+
+@pytest.mark.slow
+def test_wandb_run_is_named_by_experiment_and_overrides_and_tagged(smoke):
+    wandb = yaml.safe_load((smoke[1] / "config.yaml").read_text())["logger"]["wandb"]
+    assert wandb["name"] == "smoke train.progress_bar=false" and wandb["group"] is None
+    assert wandb["tags"] == ["vision:clip", "projection:baseline", "attention:causal", "zero:2"]
+
+
+def test_wandb_identity_of_multirun_jobs():
+    from dsvl_exp.training.logging import wandb_identity
+
+    choices = {"vision": "qwen", "projection": "baseline", "zero": "3", "experiment": None}
+    identity = wandb_identity(None, ["zero=3", "optim.lr=5e-4", "hydra.sweep.dir=x"], choices, "mmca", "multirun/default/d/t")
+    assert identity == {"name": "default zero=3 optim.lr=5e-4", "group": "multirun/default/d/t",
+                        "tags": ["vision:qwen", "projection:baseline", "attention:mmca", "zero:3"]}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+optim.lrr=1"], r"^Error: unknown config key\(s\): optim\.lrr \(did you mean optim\.lr\?\)"),
+    (["vision=qwen", "projection=vit"], r"^Error: vision=qwen cannot be followed by projection=vit"),
+    (["data=native", "data.train.0.path=t.jsonl"], r"^Error: data\.eval\.0\.path is not set: .*data\.eval=\[\]"),
+])
+def test_user_errors_print_one_paragraph_and_exit_non_zero(tmp_path, overrides, message):
+    result = entry_point(tmp_path, *overrides, "hydra.run.dir=run")
+    assert result.returncode == 1
+    assert re.match(message, result.stderr) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "[ERROR] - " + result.stderr[len("Error: "):].strip() in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path):
+    result = entry_point(tmp_path, "+optim.lrr=1", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigError: unknown config key" in result.stderr
 
 
 @pytest.mark.slow
 def test_bad_data_fails_before_training_with_a_clear_message(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": "s1", "images": ["missing.png"], "rounds": [{"question": "<image>\\nq", "answer": "a"}]}\n')
-    with pytest.raises(AssertionError, match=r"d\.jsonl:1: image file not found: .*missing\.png"):
-        run_train(tmp_path / "run", "data=native", f"data.train.0.path={data}", f"data.eval.0.path={data}")
+    result = entry_point(tmp_path, "data=native", f"data.train.0.path={data}", "data.eval=[]", "hydra.run.dir=run")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.match(r"^Error: .*d\.jsonl:1: image file not found: .*missing\.png", result.stderr), result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
-def test_multirun_over_zero_stages_as_typed(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from helpers import REPO
-
+def test_multirun_over_every_experiment_at_zero_3_as_typed(tmp_path):
+    """Each experiment file runs two steps on tiny models (the reference recipe on the fixture
+    copy of its data) at `zero=3` typed as a user types it (the golden run above is ZeRO-2);
+    the jobs share one W&B group and have distinct names."""
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "dsvl_exp.train", "-m", "zero=2,3", "experiment=smoke", "train.max_steps=4",
-               "eval.generation=false", "eval.monitor=eval/loss", "train.progress_bar=false", f"hydra.sweep.dir={sweep_dir}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    root = write_reference_root(tmp_path / "data")
+    result = entry_point(
+        tmp_path, "-m", f"experiment={','.join(EXPERIMENTS)}", "zero=3", f"data.data_path={root}", *TINY_MODELS,
+        "train.epochs=null", "train.max_steps=2", "train.global_batch_size=null", "train.micro_batch_size=2",
+        "train.precision=fp32", "train.log_every_n_steps=1", "eval.max_batches=1", "eval.at_start=false",
+        "eval.generation=false", "eval.monitor=eval/loss", "train.progress_bar=false", f"hydra.sweep.dir={sweep_dir}")
     assert result.returncode == 0, result.stderr[-4000:]
-    stages = {}
-    for job in ("0", "1"):
-        saved = yaml.safe_load((sweep_dir / job / "config.yaml").read_text())
-        stages[job] = saved["zero"]["stage"]
-        assert read_metrics(sweep_dir / job)[-1]["eval/loss"] > 0
-    assert stages == {"0": 2, "1": 3}
+    jobs = [yaml.safe_load((sweep_dir / str(job) / "config.yaml").read_text()) for job in range(len(EXPERIMENTS))]
+    assert [job["zero"]["stage"] for job in jobs] == [3] * len(EXPERIMENTS)
+    assert {job["logger"]["wandb"]["group"] for job in jobs} == {str(sweep_dir)}
+    assert [job["logger"]["wandb"]["name"].split()[0] for job in jobs] == EXPERIMENTS
+    for job in range(len(jobs)):
+        losses = [m["train/loss"] for m in read_metrics(sweep_dir / str(job)) if "train/loss" in m]
+        assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)

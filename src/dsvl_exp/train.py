@@ -10,36 +10,83 @@
     deepspeed --num_gpus 2 --module dsvl_exp.train zero=3     # or by the deepspeed launcher
     python -m dsvl_exp.train -m launcher=slurm launcher.nodes=2 launcher.nproc_per_node=8 ...
 
-The config is composed once, in one process; the run directory is Hydra's output directory and
-all ranks share it (training/launch.py). The task returns the monitored eval metric
-(eval.monitor) so sweepers can optimise it.
+The config is composed once, in one process, and checked before anything is built; the run
+directory is Hydra's output directory and all ranks share it (training/launch.py). The task
+returns the monitored eval metric (eval.monitor) so sweepers can optimise it. A user error
+(config, data, files) ends the run with its one-paragraph message and exit status 1; the
+traceback only with HYDRA_FULL_ERROR=1.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dsvl_exp.config.overrides import quote_numeric_group_choices, resume_shorthand
+from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
+from dsvl_exp.config.validation import validate_config
+from dsvl_exp.errors import UserError
 from dsvl_exp.training import rendezvous
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+USER_ERROR_EXIT_STATUS = 1
+
+log = logging.getLogger("dsvl_exp.train")
 
 register_configs()
+register_resolvers()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float:
-    from dsvl_exp.training.launch import run  # heavy imports only once a run starts
+def train_task(cfg: DictConfig) -> float:
+    """The Hydra task (one per multirun job): check the config, name the run, start the ranks."""
+    try:
+        validate_config(cfg)
+        name_wandb_run(cfg, HydraConfig.get())
+        from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
 
-    return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return launch_ranks(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_user_error(error)
+        raise SystemExit(USER_ERROR_EXIT_STATUS) from None
+
+
+def name_wandb_run(cfg: DictConfig, hydra_config) -> None:
+    """Fill the W&B name / group / tags the user left unset (training/logging.py says how)."""
+    from dsvl_exp.training.logging import wandb_identity
+
+    choices = hydra_config.runtime.choices
+    identity = wandb_identity(
+        experiment=choices.get("experiment"),
+        overrides=list(hydra_config.overrides.task),
+        choices=dict(choices),
+        attention=str(cfg.decoder.attention),
+        sweep_dir=hydra_config.sweep.dir if hydra_config.mode == RunMode.MULTIRUN else None,
+    )
+    wandb = cfg.logger.wandb
+    wandb.name = wandb.name or identity["name"]
+    wandb.group = wandb.group or identity["group"]
+    wandb.tags = [*identity["tags"], *(tag for tag in wandb.tags if tag not in identity["tags"])]
+
+
+def report_user_error(error: UserError) -> None:
+    """The message alone on stderr, and in the run's train.log when one is open."""
+    print(f"Error: {error}", file=sys.stderr)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (error,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def main() -> None:
@@ -48,18 +95,15 @@ def main() -> None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     sys.argv = [sys.argv[0], *resume_shorthand(quote_numeric_group_choices(arguments))]
     if not rendezvous.started_by_external_launcher(os.environ):
-        hydra_main()
+        train_task()
         return
-    # Ranks started by torchrun / deepspeed: share the cores before torch starts its thread
-    # pools (the deepspeed launcher leaves OMP_NUM_THREADS unset); only rank 0 runs Hydra.
-    ranks_here = rendezvous.local_world_size(os.environ)
-    os.environ.setdefault("OMP_NUM_THREADS", str(rendezvous.omp_threads_per_rank(rendezvous.cpu_count(), ranks_here)))
+    # Ranks started by torchrun / deepspeed: only rank 0 runs Hydra and shares each job.
     from dsvl_exp.training import followers
 
     if os.environ["RANK"] != "0":
         followers.follow_rank_zero()
         return
-    hydra_main()
+    train_task()
     followers.release_followers()
 
 

@@ -1,60 +1,78 @@
 """Dataclass schemas for every config group, registered in Hydra's ConfigStore.
 
 Each YAML option in `conf/<group>/` starts from its schema (`defaults: [/schema/<group>/<name>@_here_]`),
-so a misspelt key or a wrong type fails at composition with Hydra's message.
+so a misspelt key, a wrong type or a value outside a closed choice (config/choices.py) fails at
+composition; config/validation.py adds the checks that span keys.
+
+One source per default: the values here are the defaults (the model parts' are the tiny
+architecture `make demo` trains); an option file in `conf/` states only what that option
+changes. A field that every option must choose is MISSING here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from dsvl_exp.data.template import DEFAULT_SYSTEM_PROMPT
+from dsvl_exp.config.choices import (
+    Attention,
+    ImageOrder,
+    LauncherKind,
+    NonFiniteAction,
+    OffloadDevice,
+    OnMissingImage,
+    Precision,
+    Scheduler,
+    StartMethod,
+    WandbMode,
+)
+from dsvl_exp.constants import DEFAULT_SYSTEM_PROMPT
 
 
 # ---- model parts -----------------------------------------------------------------------------
+# Architecture values build a random-initialised tiny model when `pretrained` is null; with
+# `pretrained` the checkpoint's own config.json rules. The real sizes are in each YAML's comment.
 @dataclass
 class ClipVisionConfig:
     _target_: str = "dsvl_exp.models.vision.build_clip_vision_tower"
     pretrained: Optional[str] = None
-    image_size: int = 224
-    patch_size: int = 14
-    hidden_size: int = 1024
-    num_layers: int = 24
-    num_heads: int = 16
-    intermediate_size: int = 4096
-    feature_layer: int = -1
+    image_size: int = 32
+    patch_size: int = 8
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    feature_layer: int = -1  # -1: last hidden state, CLS kept (DeepSpeed-VisualChat); -2: LLaVA
 
 
 @dataclass
 class QwenVisionConfig:
     _target_: str = "dsvl_exp.models.qwen_vit.build_qwen_vision_tower"
     pretrained: Optional[str] = None  # a folder from scripts/extract_qwen_vl.py
-    image_size: int = 448
-    patch_size: int = 14
-    width: int = 1664
-    layers: int = 48
-    heads: int = 16
-    mlp_size: int = 8192
-    output_dim: int = 4096
-    num_queries: int = 256
+    image_size: int = 32
+    patch_size: int = 8
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_size: int = 128
+    output_dim: int = 64
+    num_queries: int = 16  # a square: the resampler's query grid (4x4 here, 16x16 in Qwen-VL)
 
 
 @dataclass
 class LlamaDecoderConfig:
     _target_: str = "dsvl_exp.models.decoder.build_llama_decoder"
     pretrained: Optional[str] = None
-    attention: str = "causal"  # causal | mmca | mmca_legacy
-    hidden_size: int = 4096
-    num_layers: int = 32
-    num_heads: int = 32
-    num_kv_heads: Optional[int] = None
-    intermediate_size: int = 11008
-    max_position_embeddings: int = 4096
+    attention: Attention = Attention.causal
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None  # null: num_heads (no grouped-query attention)
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
 
@@ -72,7 +90,7 @@ class ViTProjectionConfig:
 @dataclass
 class PerceiverProjectionConfig:
     _target_: str = "dsvl_exp.models.projection.build_perceiver_projection"
-    num_queries: int = 256
+    num_queries: int = 16  # a square grid; 256 (16x16) in the reference
 
 
 @dataclass
@@ -100,16 +118,16 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    image_order: str = "forward"  # forward | reversed_legacy (the reference's bug #800)
+    image_order: ImageOrder = ImageOrder.forward  # reversed_legacy: the reference's bug #800
     pad_to_multiple_of: int = 8
 
 
 # ---- distributed / DeepSpeed -----------------------------------------------------------------
 @dataclass
 class ZeroConfig:
-    stage: int = 2
-    offload_optimizer: str = "none"  # none | cpu
-    offload_param: str = "none"  # none | cpu (stage 3 only)
+    stage: int = MISSING  # each conf/zero option says its stage
+    offload_optimizer: OffloadDevice = OffloadDevice.none
+    offload_param: OffloadDevice = OffloadDevice.none  # stage 3 only
     overlap_comm: bool = False
     contiguous_gradients: bool = True
     reduce_bucket_size: int = 50_000_000
@@ -126,13 +144,13 @@ class LauncherConfig:
     SLURM task per rank (`-m` needed) and the rendezvous comes from the SLURM environment.
     Under torchrun / the deepspeed launcher the ranks already exist and these are ignored."""
 
-    kind: str = "local"  # local | slurm
+    kind: LauncherKind = MISSING  # each conf/launcher option says its kind
     nproc_per_node: int = 1  # ranks per node (SLURM: tasks per node)
     rdzv_backend: str = "c10d"
     rdzv_endpoint: Optional[str] = None  # null: 127.0.0.1 and a free port
     max_restarts: int = 0  # restarting from scratch only repeats work until resume exists
     monitor_interval: float = 0.1
-    start_method: str = "spawn"  # spawn | fork | forkserver
+    start_method: StartMethod = StartMethod.spawn
     omp_num_threads: Optional[int] = None  # null: CPU cores // ranks per node, at least 1
     nodes: int = 1  # SLURM only
     gpus_per_node: Optional[int] = None  # SLURM only; null: no GPU request
@@ -167,10 +185,12 @@ class DataConfig:
     eval_split: float = 0.0  # fraction of the training blend held out for eval (reference: 0.1)
     max_images_per_sample: int = 8
     max_seq_len: Optional[int] = 4096  # decoder tokens, each image counting tokens_per_image
-    on_missing_image: str = "error"  # error | skip (counted and logged)
-    verify_images: str = "header"  # header | full (decode every image once) | false (existence only); true = header
+    on_missing_image: OnMissingImage = OnMissingImage.error  # skip: counted and logged
+    # header | full (decode every image once) | false (existence only); true = header. A str, not an
+    # Enum: YAML reads `false` as a boolean; data.checks.verify_mode validates it.
+    verify_images: str = "header"
     redraw_each_epoch: bool = True  # re-draw prompts, round order and concatenation groups every epoch (as the reference)
-    cache_dir: Optional[str] = "${oc.env:DSVL_CACHE_DIR,'~/.cache/dsvl_exp'}/data"  # round lengths cache; null: off
+    cache_dir: Optional[str] = "${oc.env:DSVL_CACHE_DIR,'~/.cache/dsvl_exp'}/data"  # parsed data + lengths; null: off
     group_by_length: bool = False
     debug_dump: int = 0  # write the first N rendered training samples to <run dir>/debug_samples
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -178,11 +198,6 @@ class DataConfig:
 
 
 # ---- training --------------------------------------------------------------------------------
-class NonFiniteAction(Enum):
-    stop = "stop"  # stop the run, naming the step and the batch's sample ids
-    skip = "skip"  # drop that micro-batch (no backward), count it, go on
-
-
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = 1500  # optimizer steps; when null, `epochs` decides
@@ -190,7 +205,7 @@ class TrainConfig:
     micro_batch_size: int = 8
     grad_accum: int = 1
     global_batch_size: Optional[int] = None  # when set: grad_accum = global / (micro x ranks)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: Precision = Precision.fp32
     gradient_clipping: float = 1.0
     # what trains: true | false | auto (auto: only when randomly initialised); vision and
     # decoder also take lora (frozen, with LoRA adapters from the `lora` group trained)
@@ -211,7 +226,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    scheduler: str = "cosine"  # any transformers SchedulerType name
+    scheduler: Scheduler = Scheduler.cosine  # transformers' schedules (config/choices.py)
     warmup_ratio: float = 0.05
     warmup_steps: Optional[int] = None  # overrides warmup_ratio when set
 
@@ -250,12 +265,12 @@ class ResumeConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "${oc.env:WANDB_MODE,offline}"  # offline | online | disabled
+    mode: WandbMode = "${oc.env:WANDB_MODE,offline}"  # type: ignore[assignment]  (checked when resolved)
     project: str = "dsvl_exp"
     entity: Optional[str] = None
-    name: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    name: Optional[str] = None  # null: the experiment and the command-line overrides
+    group: Optional[str] = None  # null: a multirun's jobs share one group (its sweep directory)
+    tags: List[str] = field(default_factory=list)  # the group choices are added (vision:clip, zero:2, ...)
 
 
 @dataclass

@@ -6,11 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dsvl_exp.data.template import IGNORE_INDEX
-
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+from dsvl_exp.constants import IGNORE_INDEX, round_up  # noqa: F401 (round_up re-exported)
 
 
 @dataclass

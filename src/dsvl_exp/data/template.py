@@ -12,16 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dsvl_exp.constants import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, IMAGE_TAG_TOKEN, IMAGE_TOKEN  # noqa: F401 (re-exported)
 from dsvl_exp.data.conversation import Conversation
-
-IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
-IMAGE_TAG_TOKEN = "### Image:"
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful language and vision assistant. You are able to understand the visual "
-    "content that the user provides, and assist the user with a variety of tasks using "
-    "natural language.\n\n"
-)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsvl_exp.data.template import IGNORE_INDEX
+from dsvl_exp.constants import IGNORE_INDEX
 from dsvl_exp.models.generation import decode
 from dsvl_exp.models.decoder import uses_mmca
 from dsvl_exp.models.mmca import TOKEN_TYPES_KWARG
@@ -67,6 +67,30 @@ class DSVLModel(nn.Module):
         self.eos_token_id = eos_token_id
         self.image_order = image_order
         self.pad_to_multiple_of = pad_to_multiple_of
+
+    # ---- save / load (models/pretrained.py) ----------------------------------------------------
+    @property
+    def config(self):
+        """The DSVLConfig describing this model (what config.json holds)."""
+        from dsvl_exp.models.build import model_config
+
+        return model_config(self)
+
+    def save_pretrained(self, out_dir, *, tokenizer=None, state_dict=None, keep_adapters: bool = False,
+                        training_summary: dict | None = None, max_shard_size="5GB"):
+        """A self-contained folder that `DSVLModel.from_pretrained` loads offline (see models/pretrained.py)."""
+        from dsvl_exp.models.pretrained import save_pretrained
+
+        return save_pretrained(self, out_dir, state_dict=state_dict, tokenizer=tokenizer, keep_adapters=keep_adapters,
+                               training_summary=training_summary, max_shard_size=max_shard_size)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None) -> "DSVLModel":
+        """Rebuild a saved/exported model; `model.vision.image_processor` prepares its images and
+        `dsvl_exp.models.tokenizer.load_tokenizer(path)` loads its tokenizer."""
+        from dsvl_exp.models.pretrained import from_pretrained
+
+        return from_pretrained(path, dtype=dtype)
 
     @property
     def embed_tokens(self) -> nn.Embedding:

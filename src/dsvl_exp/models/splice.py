@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dsvl_exp.data.collate import round_up
-from dsvl_exp.data.template import IGNORE_INDEX
+from dsvl_exp.constants import IGNORE_INDEX, round_up
 
 IMAGE_ORDERS = ("forward", "reversed_legacy")
 TEXT, IMAGE = 1, 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import AddedToken, AutoTokenizer, PreTrainedTokenizerBase
 
-from dsvl_exp.data.template import IMAGE_TAG_TOKEN, IMAGE_TOKEN
+from dsvl_exp.constants import IMAGE_TAG_TOKEN, IMAGE_TOKEN
 
 BUNDLED_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 PAD_TOKEN = "<PAD>"

@@ -130,6 +130,16 @@ def save_checkpoint(engine, checkpoint_dir: Path, step: int, trainer_state: dict
     return final
 
 
+def copy_folder(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source`, renamed into place (never half-written)."""
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
 def publish_best(checkpoint_dir: Path, tag: str) -> None:
     """`best` -> tag, swapped atomically (a relative symlink, so the run directory can move)."""
     temporary = checkpoint_dir / f".{BEST}.tmp"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from dsvl_exp.training import distributed
+from dsvl_exp.training.rank import train_on_rank
 
 
 def _broadcast_from_rank_zero(job: tuple[dict, str] | None) -> tuple[dict, str] | None:
@@ -32,9 +33,7 @@ def release_followers() -> None:
 
 
 def follow_rank_zero() -> None:
-    """Ranks other than 0: run rank 0's jobs until it says there are no more."""
-    from dsvl_exp.training.launch import run_rank
-
+    """Ranks other than 0: train rank 0's jobs until it says there are no more."""
     while (job := _broadcast_from_rank_zero(None)) is not None:
         config, run_dir = job
-        run_rank(config, run_dir, omp_threads=config["launcher"]["omp_num_threads"])
+        train_on_rank(config, run_dir, omp_threads=config["launcher"]["omp_num_threads"])

@@ -207,14 +207,23 @@ def make_saver(engine, checkpoint_dir: Path, state: LoopState, run_facts: dict, 
     return save
 
 
-def save_exports(engine, tokenizer, run_dir: Path, checkpoint_dir: Path, final_step: int) -> None:
-    """<run dir>/export from the final weights; <run dir>/best from the best checkpoint."""
-    # TODO(issue-f2): dsvl_exp.training.exporting.export_from_engine(engine, tokenizer, out_dir) is not on
-    # this branch yet; once merged: export_from_engine(engine, tokenizer, run_dir / "export"), then, when
-    # checkpoints.best_tag(checkpoint_dir) is another step, load it (load_optimizer_states=False) and
-    # export_from_engine(engine, tokenizer, run_dir / "best").
-    log.info("checkpoint.export: the HF-style export is not available in this build; "
-             "the final checkpoint is %s", checkpoint_dir / checkpoints.tag_for(final_step))
+def save_exports(engine, tokenizer, run_dir: Path, checkpoint_dir: Path, final_step: int, summary: dict) -> None:
+    """<run dir>/export from the final weights; <run dir>/best from the best checkpoint (loaded
+    back into the engine when it is an earlier step: training is over, nothing else needs it)."""
+    from dsvl_exp.training.exporting import export_from_engine
+
+    export_from_engine(engine, tokenizer, run_dir / "export", training_summary={"step": final_step, **summary})
+    best = checkpoints.best_tag(checkpoint_dir)
+    if best is None:
+        return
+    best_state = checkpoints.read_trainer_state(checkpoint_dir / best)
+    best_summary = {"step": best_state["step"], **best_state["last_train"], **best_state["last_eval"]}
+    if best != checkpoints.tag_for(final_step):
+        engine.load_checkpoint(str(checkpoint_dir), tag=best)
+        export_from_engine(engine, tokenizer, run_dir / "best", training_summary=best_summary)
+    elif distributed.is_rank_zero():  # the final weights are the best: the same files
+        checkpoints.copy_folder(run_dir / "export", run_dir / "best")
+    distributed.barrier()
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -301,9 +310,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         stop_request.restore()
 
     # ---- save & cleanup ------------------------------------------------------------------------
-    if finished and cfg.checkpoint.export:
-        save_exports(engine, tokenizer, run_dir, checkpoint_dir, state.step)
     summary = {**state.last_train, **state.last_eval, "steps": state.step}
+    if finished and cfg.checkpoint.export:
+        save_exports(engine, tokenizer, run_dir, checkpoint_dir, state.step, summary)
     logger.summary(summary)
     logger.close()
     write_rank_footprint(run_dir, engine, distributed.rank(), world)

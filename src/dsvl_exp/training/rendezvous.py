@@ -1,6 +1,6 @@
 """Where a rank learns who it is: torch's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) set by torchrun, the deepspeed launcher, our own
-elastic launch, or mapped here from SLURM. Pure functions of an environment mapping; nothing
+elastic launch, or mapped here from SLURM (through submitit). Functions of an environment mapping; nothing
 here imports torch, so the entry point can use them before torch's thread pools exist."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from dsvl_exp.errors import UserError
+
 TORCH_RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-SLURM_PORT_RANGE = (20000, 60000)
 
 
 def started_by_external_launcher(environ: Mapping[str, str]) -> bool:
@@ -25,13 +26,22 @@ def local_world_size(environ: Mapping[str, str]) -> int:
     return int(environ.get("WORLD_SIZE", 1))
 
 
+def threads_for_rank(environ: Mapping[str, str], configured: int | None = None) -> int:
+    """launcher.omp_num_threads, else an OMP_NUM_THREADS the user (or torchrun) set, else the
+    cores shared out between the ranks of this node."""
+    inherited = environ.get("OMP_NUM_THREADS", "")
+    if configured is None and inherited.isdigit() and int(inherited) > 0:
+        return int(inherited)
+    return omp_threads_per_rank(cpu_count(), local_world_size(environ), configured)
+
+
 def omp_threads_per_rank(cpu_count: int, ranks_per_node: int, configured: int | None = None) -> int:
     """Cores shared out between the ranks of a node, at least one each. Without it every rank
     starts one OpenMP thread per core and they fight over the cores (a ZeRO-3 step on 2 cores
     took 0.45 s instead of 0.10 s)."""
     if configured is not None:
         if configured < 1:
-            raise ValueError(f"launcher.omp_num_threads={configured} must be at least 1 (or null for automatic)")
+            raise UserError(f"launcher.omp_num_threads={configured} must be at least 1 (or null for automatic)")
         return configured
     return max(1, cpu_count // max(1, ranks_per_node))
 
@@ -63,32 +73,25 @@ def without_local_rank_argument(arguments: list[str]) -> tuple[list[str], int | 
     return kept, local_rank
 
 
-def first_slurm_host(node_list: str) -> str:
-    """The first host of a SLURM node list (`gpu[003-005,010],cpu7` -> `gpu003`), parsed by
-    submitit, whose launcher started the task."""
-    from submitit.slurm.slurm import _parse_node_list
-
-    return _parse_node_list(node_list)[0]
-
-
-def slurm_rendezvous_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """torch's env:// variables for one SLURM task (one task per rank). The master is the first
-    node of the allocation; its port is derived from the job id so that every task of the job
-    picks the same one without talking (an explicit MASTER_PORT wins)."""
+def slurm_rendezvous_env() -> dict[str, str]:
+    """torch's env:// variables for this SLURM task (one task per rank), from submitit's helper
+    for exactly this: it parses SLURM_JOB_NODELIST (the master is the first host) and draws the
+    port from the job id, so every task of the job picks the same one without talking (an
+    explicit MASTER_PORT wins; so does MASTER_ADDR here)."""
     missing = [name for name in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
-               if name not in environ]
-    if missing:
-        raise RuntimeError(f"launcher.kind=slurm but this process has no {', '.join(missing)}: "
-                           "start it through hydra/launcher=slurm (python -m dsvl_exp.train -m launcher=slurm ...)")
-    world_size = int(environ["SLURM_NTASKS"])
-    num_nodes = int(environ.get("SLURM_JOB_NUM_NODES", environ.get("SLURM_NNODES", 1)))
-    low, high = SLURM_PORT_RANGE
-    port = environ.get("MASTER_PORT") or str(low + int(environ["SLURM_JOB_ID"]) % (high - low))
+               if name not in os.environ]
+    if missing or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        raise UserError(f"launcher.kind=slurm but this process is no submitit SLURM task (no "
+                        f"{', '.join(missing or ['SUBMITIT_EXECUTOR=slurm'])}): start it through hydra/launcher=slurm "
+                        "(python -m dsvl_exp.train -m launcher=slurm ...)")
+    from submitit.helpers import TorchDistributedEnvironment
+
+    task = TorchDistributedEnvironment()
     return {
-        "RANK": environ["SLURM_PROCID"],
-        "LOCAL_RANK": environ["SLURM_LOCALID"],
-        "WORLD_SIZE": str(world_size),
-        "LOCAL_WORLD_SIZE": str(world_size // max(1, num_nodes)),
-        "MASTER_ADDR": environ.get("MASTER_ADDR") or first_slurm_host(environ["SLURM_JOB_NODELIST"]),
-        "MASTER_PORT": port,
+        "RANK": str(task.rank),
+        "LOCAL_RANK": str(task.local_rank),
+        "WORLD_SIZE": str(task.world_size),
+        "LOCAL_WORLD_SIZE": str(task.local_world_size),
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR") or task.master_addr,
+        "MASTER_PORT": str(task.master_port),
     }

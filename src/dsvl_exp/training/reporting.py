@@ -1,7 +1,11 @@
-"""Console output on rank 0: the config tree, parameter counts, the end-of-run summary."""
+"""What rank 0 reports: the config tree, parameter counts, the end-of-run summary. Rendered
+with rich as plain text and written through logging, so the console and train.log hold the
+same lines."""
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -9,7 +13,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-console = Console(stderr=False, highlight=False)
+log = logging.getLogger(__name__)
+
+
+def rendered(renderable) -> str:
+    console = Console(file=io.StringIO(), width=120, color_system=None, highlight=False)
+    console.print(renderable)
+    return console.file.getvalue().rstrip()
 
 
 def print_config_tree(cfg: DictConfig) -> None:
@@ -19,7 +29,7 @@ def print_config_tree(cfg: DictConfig) -> None:
         branch = tree.add(f"[bold]{key}[/bold]")
         branch.add(OmegaConf.to_yaml(OmegaConf.create({key: value})).split("\n", 1)[1].rstrip() or "null"
                    if isinstance(value, dict) else repr(value))
-    console.print(tree)
+    log.info("resolved config:\n%s", rendered(tree))
 
 
 def print_parameter_table(counts: dict[str, dict[str, int]]) -> None:
@@ -32,7 +42,7 @@ def print_parameter_table(counts: dict[str, dict[str, int]]) -> None:
     total = sum(e["total"] for e in counts.values())
     trainable = sum(e["trainable"] for e in counts.values())
     table.add_row("[bold]all[/bold]", f"{total:,}", f"{trainable:,}")
-    console.print(table)
+    log.info("parameters:\n%s", rendered(table))
 
 
 def print_summary(run_dir: Path, summary: dict) -> None:
@@ -40,8 +50,6 @@ def print_summary(run_dir: Path, summary: dict) -> None:
         value = summary.get(key)
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    console.print(f"run directory: {run_dir}")
-    console.print(
-        f"final train loss {fmt('train/loss')} | eval loss {fmt('eval/loss')} | "
-        f"eval answer accuracy {fmt('eval/accuracy')} | steps {summary.get('steps')}"
-    )
+    log.info("run directory: %s", run_dir)
+    log.info("final train loss %s | eval loss %s | eval answer accuracy %s | steps %s",
+             fmt("train/loss"), fmt("eval/loss"), fmt("eval/accuracy"), summary.get("steps"))
