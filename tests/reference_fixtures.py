@@ -146,9 +146,9 @@ def sparkles(root: Path) -> None:
             {"role": "assistant", "content": "a cat is in IMAGE#101. it sleeps."},
             {"role": "user", "content": "Compare IMAGE#101 with\nIMAGE#102<Img><ImageHere></Img>", "images": [{"image_id": 102}]},
             {"role": "assistant", "content": "IMAGE#102 shows a dog."}]},
-        {"dialogue_id": "odd", "dialogue": [{"role": "user", "content": "Hi IMAGE#101", "images": [{"image_id": 101}]}]},
-        {"dialogue_id": "missing", "dialogue": [
-            {"role": "user", "content": "IMAGE#999?", "images": [{"image_id": 999}]}, {"role": "assistant", "content": "Gone."}]},
+        # nine images: over the reference's limit of 8, dropped (counted and logged)
+        {"dialogue_id": "many", "dialogue": [
+            {"role": "user", "content": "Look.", "images": [{"image_id": 101}] * 9}, {"role": "assistant", "content": "Many."}]},
     ])
     write_json(root / "SparklesDialogueVG/annotations/SparklesDialogueVG.json", [])
 

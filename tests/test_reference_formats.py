@@ -138,7 +138,7 @@ def test_llava_otter_blend_llava_turns_then_cgd_rounds(root):
 
 def test_sparkles_filters_then_tags_images_and_recapitalises(root):
     (conversation,) = read("sparkles_dialogue", root)
-    assert len(json.loads((root / "SparklesDialogue.json").read_text())) == 1  # odd and missing-image dialogues dropped
+    assert len(json.loads((root / "SparklesDialogue.json").read_text())) == 1  # the 9-image dialogue dropped
     assert conversation.images == (str(root / "SparklesDialogueCC/images/101.jpg"), str(root / "SparklesDialogueCC/images/102.jpg"))
     assert rendered(conversation) == [
         (prompt("What is in image a?", 1, system=True), "A cat is in image a. It sleeps."),

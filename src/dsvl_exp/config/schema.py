@@ -186,7 +186,11 @@ class DataConfig:
     max_images_per_sample: int = 8
     max_seq_len: Optional[int] = 4096  # decoder tokens, each image counting tokens_per_image
     on_missing_image: OnMissingImage = OnMissingImage.error  # skip: counted and logged
-    verify_images: bool = True  # read every image file's header before training (false: existence only)
+    # header | full (decode every image once) | false (existence only); true = header. A str, not an
+    # Enum: YAML reads `false` as a boolean; data.checks.verify_mode validates it.
+    verify_images: str = "header"
+    redraw_each_epoch: bool = True  # re-draw prompts, round order and concatenation groups every epoch (as the reference)
+    cache_dir: Optional[str] = "${oc.env:DSVL_CACHE_DIR,'~/.cache/dsvl_exp'}/data"  # parsed data + lengths; null: off
     group_by_length: bool = False
     debug_dump: int = 0  # write the first N rendered training samples to <run dir>/debug_samples
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

@@ -1,9 +1,15 @@
-"""One-time preprocessing results cached next to the data, written atomically.
+"""One-time preprocessing results cached next to the data, written atomically and keyed to
+their sources.
 
 Every rank may start at once and find the cache missing. Each then computes the same result
 (preprocessing is deterministic: its randomness comes from a fixed seed) and moves its own
 temporary file into place with `os.replace`, which is atomic: a reader sees either no file or a
 complete one, and whichever rank wins writes identical content. No barrier is needed.
+
+A cache keeps the reference's file name and content; beside it, `<name>.sources` records the
+size and modification time of every raw file it was built from, plus counts of what the
+preprocessing dropped (so a warm start still reports them). When a raw file changes, or the
+record is missing (a cache written by the reference or an older version), the cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,16 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
+def json_problem(error: json.JSONDecodeError) -> str:
+    """e.g. "malformed JSON (Unterminated string starting at column 7)": json's own messages
+    often end in "at", so the column follows the message rather than repeating the word."""
+    return f"malformed JSON ({error.msg.removesuffix(' at')} at column {error.colno})"
+
+
+def json_error(path: Path | str, error: json.JSONDecodeError, what: str) -> str:
+    return f"{path}:{error.lineno}: {json_problem(error)} in the {what} file"
+
+
 def load_json(path: Path, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -40,17 +56,46 @@ def load_json(path: Path, what: str) -> Any:
     except FileNotFoundError:
         raise DataError(f"{what}: file not found: {path}") from None
     except json.JSONDecodeError as error:
-        raise DataError(
-            f"{path}:{error.lineno}: malformed JSON ({error.msg} at column {error.colno}) in the {what} file; "
-            "fix the file (or delete it if it is a cache so it is rebuilt)"
-        ) from None
+        raise DataError(json_error(path, error, what) + "; fix the file (or delete it if it is a cache so it is rebuilt)") from None
 
 
-def cached_json(path: Path, build: Callable[[], Any], what: str) -> Any:
-    """The JSON at `path`, computing it with `build()` and writing it there first if missing."""
+def source_stamps(sources: Sequence[Path]) -> dict[str, list[int]]:
+    stamps = {}
+    for source in sources:
+        stat = os.stat(source)
+        stamps[str(source)] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+def sources_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sources")
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(sources_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def cached_json_with_notes(path: Path, build: Callable[[], tuple[Any, dict]], what: str,
+                           sources: Sequence[Path] = ()) -> tuple[Any, dict]:
+    """(value, notes) from the cache at `path` when it was built from `sources` as they are now;
+    else `build()` computes them and both files are written. `notes` holds small counts."""
+    stamps = source_stamps(sources)
+    record = read_record(path)
+    if path.is_file() and record is not None and record.get("sources") == stamps:
+        return load_json(path, what), record.get("notes", {})
     if path.is_file():
-        return load_json(path, what)
-    log.info("%s: one-time preprocessing into %s", what, path)
-    value = build()
+        log.info("%s: %s is stale or has no source record; rebuilding it from %s", what, path, ", ".join(stamps))
+    else:
+        log.info("%s: one-time preprocessing into %s", what, path)
+    value, notes = build()
     write_json_atomic(path, value)
-    return value
+    write_json_atomic(sources_path(path), {"sources": stamps, "notes": notes})
+    return value, notes
+
+
+def cached_json(path: Path, build: Callable[[], Any], what: str, sources: Sequence[Path] = ()) -> Any:
+    """The JSON at `path`, computing it with `build()` and writing it there first if missing or stale."""
+    return cached_json_with_notes(path, lambda: (build(), {}), what, sources)[0]

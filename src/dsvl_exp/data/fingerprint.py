@@ -28,12 +28,16 @@ def file_sha256(path: Path) -> str:
 
 def images_sha256(conversations: Iterable[Conversation]) -> str:
     digest = hashlib.sha256()
+    sizes: dict[str, bytes] = {}  # one stat per distinct file: large sets show each image many times
     for conversation in conversations:
         for entry in conversation.images:
-            digest.update(entry.encode())
-            if not entry.startswith("base64:") and os.path.isfile(entry):
-                digest.update(str(os.path.getsize(entry)).encode())
-            digest.update(b"\0")
+            if entry not in sizes:
+                if entry.startswith("base64:"):  # the data's digest, not a second copy of it
+                    sizes[entry] = hashlib.sha256(entry.encode()).digest() + b"\0"
+                else:
+                    size = str(os.path.getsize(entry)).encode() if os.path.isfile(entry) else b""
+                    sizes[entry] = entry.encode() + size + b"\0"
+            digest.update(sizes[entry])
     return digest.hexdigest()
 
 

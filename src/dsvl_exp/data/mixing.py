@@ -14,37 +14,64 @@ def merge_conversations(group: Sequence[Conversation]) -> Conversation:
     """One conversation that plays the group's conversations one after another."""
     if len(group) == 1:
         return group[0]
+    meta: dict = {"concatenated": len(group)}
+    if any("image_names" in c.meta for c in group):
+        meta["image_names"] = tuple(name for c in group for name in c.meta.get("image_names", c.images))
     return Conversation(
         id="+".join(c.id for c in group),
         images=tuple(image for c in group for image in c.images),
         rounds=tuple(r for c in group for r in c.rounds),
         source=group[0].source,
-        meta={"concatenated": len(group)},
+        meta=meta,
     )
 
 
-def concatenate(conversations: Sequence[Conversation], max_group: int, max_images: int, rng: random.Random) -> list[Conversation]:
+def concatenation_groups(image_counts: Sequence[int], max_group: int, max_images: int, rng: random.Random) -> list[tuple[int, ...]]:
     """The reference's random grouping (shuffle, then consecutive groups of 1..max_group), fixed:
-    every conversation lands in exactly one group (the reference drops the first group), and a
-    group closes early rather than exceed `max_images` images."""
+    every item lands in exactly one group (the reference drops the first group), and a group
+    closes early rather than exceed `max_images` images. Returns groups of item indices."""
     if max_group < 1:
         raise DataError(f"concatenate must be >= 1, got {max_group}")
     if max_group == 1:
-        return list(conversations)
-    order = list(conversations)
+        return [(i,) for i in range(len(image_counts))]
+    order = list(range(len(image_counts)))
     rng.shuffle(order)
     grouped, start = [], 0
     while start < len(order):
         size = rng.randint(1, max_group)
-        group, images = [order[start]], order[start].num_images
+        group, images = [order[start]], image_counts[order[start]]
         for candidate in order[start + 1 : start + size]:
-            if images + candidate.num_images > max_images:
+            if images + image_counts[candidate] > max_images:
                 break
             group.append(candidate)
-            images += candidate.num_images
-        grouped.append(merge_conversations(group))
+            images += image_counts[candidate]
+        grouped.append(tuple(group))
         start += len(group)
     return grouped
+
+
+def concatenate(conversations: Sequence[Conversation], max_group: int, max_images: int, rng: random.Random) -> list[Conversation]:
+    groups = concatenation_groups([c.num_images for c in conversations], max_group, max_images, rng)
+    return [merge_conversations([conversations[i] for i in group]) for group in groups]
+
+
+def regroup(slots: Sequence[Sequence[int]], image_counts: Sequence[int], rng: random.Random) -> list[list[int]]:
+    """New members for fixed concatenation slots: the members of all slots are shuffled among the
+    positions that hold a member with the same number of images. Every slot keeps its size and
+    image count (so its sample count and the image limit hold every epoch) and every member is
+    used as often as before, while which conversations are joined is drawn anew."""
+    new = [list(slot) for slot in slots]
+    positions_by_count: dict[int, list[tuple[int, int]]] = {}
+    for s, slot in enumerate(slots):
+        for k, member in enumerate(slot):
+            positions_by_count.setdefault(image_counts[member], []).append((s, k))
+    for count in sorted(positions_by_count):
+        positions = positions_by_count[count]
+        members = [slots[s][k] for s, k in positions]
+        rng.shuffle(members)
+        for (s, k), member in zip(positions, members):
+            new[s][k] = member
+    return new
 
 
 def subsample(conversations: Sequence[Conversation], samples, weight: float | None, rng: random.Random, name: str) -> list[Conversation]:

@@ -29,7 +29,8 @@ from dsvl_exp.data.collate import DataCollator
 from dsvl_exp.data.dataset import ConversationDataset
 from dsvl_exp.data.debug_dump import dump_samples
 from dsvl_exp.data.fingerprint import data_fingerprint
-from dsvl_exp.data.length import fit_to_max_seq_len
+from dsvl_exp.data.length import fit_to_max_seq_len, lengths_cache_path
+from dsvl_exp.data.redraw import EpochDraws
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.freezing import count_parameters
@@ -99,6 +100,7 @@ def setup_data(data_cfg: DictConfig, seed: int):
         on_missing_image=data_cfg.on_missing_image,
         verify_images=data_cfg.verify_images,
         seed=seed,
+        cache_dir=data_cfg.cache_dir,
     )
 
 
@@ -116,9 +118,12 @@ def setup_model(cfg: DictConfig, tokenizer, ds_config: dict, run_dir: Path):
 
 def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int, image_processor,
                   max_seq_len: int | None, micro_batch_size: int, eval_batch_size: int, group_by_length: bool,
-                  pad_to_multiple_of: int, num_workers: int, seed: int):
+                  pad_to_multiple_of: int, num_workers: int, seed: int, cache_dir: str | None = None,
+                  redraw_each_epoch: bool = False):
     fitted_train, fitted_eval = (
-        fit_to_max_seq_len(conversations, tokenizer, template, tokens_per_image, max_seq_len, split)
+        fit_to_max_seq_len(conversations, tokenizer, template, tokens_per_image, max_seq_len, split,
+                           cache_path=lengths_cache_path(cache_dir, data.key, split, tokenizer, template, tokens_per_image)
+                           if cache_dir else None)
         for conversations, split in ((data.train, "train"), (data.eval, "eval"))
     )
     stats = {
@@ -126,9 +131,12 @@ def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int
         "data/truncated": fitted_train.truncated + fitted_eval.truncated,
         "data/dropped_too_long": fitted_train.dropped + fitted_eval.dropped,
         "data/skipped_missing_image": data.skipped_missing_image,
+        **{f"data/dropped_{rule}": count for rule, count in data.dropped.items()},
     }
     log.info("data: %s", stats)
-    train_set = ConversationDataset(fitted_train.conversations, tokenizer, image_processor, template)
+    draws = EpochDraws(data, seed, fitted_train.kept) if redraw_each_epoch else None
+    train_set = ConversationDataset(fitted_train.conversations, tokenizer, image_processor, template, draws, max_seq_len,
+                                    tokens_per_image)
     eval_set = ConversationDataset(fitted_eval.conversations, tokenizer, image_processor, template)
     collator = DataCollator(tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
     rank, world = distributed.rank(), distributed.world_size()
@@ -245,7 +253,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     train_loader, eval_loader, data_stats = setup_loaders(
         data, tokenizer, template, model.tokens_per_image, model.vision.image_processor, cfg.data.max_seq_len,
         cfg.train.micro_batch_size, cfg.eval.batch_size, cfg.data.group_by_length, cfg.model.pad_to_multiple_of,
-        cfg.data.num_workers, cfg.seed,
+        cfg.data.num_workers, cfg.seed, cfg.data.cache_dir, cfg.data.redraw_each_epoch,
     )
     fingerprint = data_fingerprint(data.annotation_files, train_loader.dataset.conversations,
                                    eval_loader.dataset.conversations, template, tokenizer) if rank_zero else {}

@@ -29,7 +29,7 @@ from dsvl_exp.data.formats.common import (
 )
 from dsvl_exp.data.formats.llava import LLAVA_URL, turn_pairs
 from dsvl_exp.data.formats.mimicit import MIMICIT_URL, merge_related
-from dsvl_exp.data.formats.registry import LoadedDataset, register
+from dsvl_exp.data.formats.registry import LoadedDataset, drawn, register
 
 LLAVA_FILES = ("detail_23k.json", "complex_reasoning_77k.json", "conversation_58k.json")
 
@@ -39,7 +39,9 @@ def llava_by_image(paths: list[Path]) -> dict[str, list]:
     for path in paths:
         for i, record in enumerate(load_annotations(path, "llava_otter_blend")):
             where = f"{path}[{i}]"
-            by_image.setdefault(field(record, "image", where), []).append(field(record, "conversations", where))
+            conversation = field(record, "conversations", where)
+            turn_pairs(conversation, f"{where}.conversations")  # checked here: a sample draws only some of them
+            by_image.setdefault(field(record, "image", where), []).append(conversation)
     return by_image
 
 
@@ -76,15 +78,18 @@ def read_blend(root: Path, rng: random.Random, max_images: int, image_dir: Path 
     images = coco_train2017(root, image_dir, "llava_otter_blend")
     llava_paths = [require_file(root / "llava" / n, "llava_otter_blend", LLAVA_URL) for n in LLAVA_FILES]
     raw_path = require_file(root / "MIMIC-IT/CGD_instructions.json", "llava_otter_blend", MIMICIT_URL)
-    by_image = cached_json(root / "LlavaOtterBlendDataset_instructions_llava.json", lambda: llava_by_image(llava_paths), "llava_otter_blend")
+    by_image = cached_json(root / "LlavaOtterBlendDataset_instructions_llava.json", lambda: llava_by_image(llava_paths),
+                           "llava_otter_blend", sources=llava_paths)
     otter_path = root / "LlavaOtterBlendDataset_instructions_otter.json"
-    samples = cached_json(otter_path, lambda: cgd_with_llava(raw_path, by_image), "llava_otter_blend")
-    conversations = []
+    samples = cached_json(otter_path, lambda: cgd_with_llava(raw_path, by_image), "llava_otter_blend", sources=(*llava_paths, raw_path))
+    prepared = []
     for i, sample in enumerate(samples):
-        where = f"{otter_path}[{i}]"
+        where = f"{raw_path} [{sample.get('id', i)}]"
         image_ids = field(sample, "image_ids", where)
-        conversations.append(Conversation(
-            id=f"llava_otter_blend:{sample.get('id', i)}", images=tuple(str(images / n) for n in image_ids),
-            rounds=tuple(blend_rounds(sample, by_image, rng, where)), source=where,
-        ))
-    return LoadedDataset(conversations, (*llava_paths, raw_path))
+        prepared.append((sample, where, f"llava_otter_blend:{sample.get('id', i)}", tuple(str(images / n) for n in image_ids)))
+
+    def draw(rng: random.Random) -> list[Conversation]:
+        return [Conversation(id=conv_id, images=paths, rounds=tuple(blend_rounds(sample, by_image, rng, where)), source=where)
+                for sample, where, conv_id, paths in prepared]
+
+    return drawn(draw, rng, (*llava_paths, raw_path))

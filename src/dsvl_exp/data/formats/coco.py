@@ -23,7 +23,7 @@ from dsvl_exp.data.formats.common import (
     require_file,
 )
 from dsvl_exp.data.formats.prompts import CAPTION_QUESTIONS, REASON_QUESTIONS
-from dsvl_exp.data.formats.registry import LoadedDataset, register
+from dsvl_exp.data.formats.registry import LoadedDataset, drawn, register
 
 
 def single_image_conversation(conv_id: str, image: Path, question: str, answer: str, source: str) -> Conversation:
@@ -46,8 +46,7 @@ def read_aokvqa(root: Path, rng: random.Random, max_images: int, image_dir: Path
     images = coco_train2017(root, image_dir, "aokvqa")
     path = require_file(root / "aokvqa/annotations/aokvqa_v1p0_train.json", "aokvqa", "https://allenai.org/project/a-okvqa/home")
     records = load_annotations(path, "aokvqa")
-    conversations = [aokvqa_conversation(r, images, rng, f"{path}[{i}]") for i, r in enumerate(records)]
-    return LoadedDataset(conversations, (path,))
+    return drawn(lambda rng: [aokvqa_conversation(r, images, rng, f"{path}[{i}]") for i, r in enumerate(records)], rng, (path,))
 
 
 def caption_conversation(conv_id: str, image: Path, caption: str, rng: random.Random, where: str) -> Conversation:
@@ -59,17 +58,20 @@ def caption_conversation(conv_id: str, image: Path, caption: str, rng: random.Ra
 def read_coco_caption(root: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
     images = require_dir(Path(image_dir or root / "coco/2014"), "coco_caption", COCO_URL)
     path = require_file(root / "coco_caption/dataset.json", "coco_caption", "https://cs.stanford.edu/people/karpathy/deepimagesent/coco.zip")
-    conversations = []
+    records = []
     for i, record in enumerate(load_annotations(path, "coco_caption", key="images")):
         where = f"{path}[images][{i}]"
         sentences = field(record, "sentences", where)
         sentences = sentences if isinstance(sentences, list) else [sentences]
         if not sentences:
             raise DataError(f"{where}: no captions in 'sentences'")
-        caption = rng.choice(sentences)["raw"]
-        filename = field(record, "filename", where)
-        conversations.append(caption_conversation(f"coco_caption:{record.get('imgid', i)}", images / filename, caption, rng, where))
-    return LoadedDataset(conversations, (path,))
+        captions = [field(sentence, "raw", f"{where}.sentences[{k}]") for k, sentence in enumerate(sentences)]
+        records.append((f"coco_caption:{record.get('imgid', i)}", images / field(record, "filename", where), captions, where))
+
+    def draw(rng: random.Random) -> list[Conversation]:
+        return [caption_conversation(conv_id, image, rng.choice(captions), rng, where) for conv_id, image, captions, where in records]
+
+    return drawn(draw, rng, (path,))
 
 
 @register("minigpt4")
@@ -77,10 +79,13 @@ def read_minigpt4(root: Path, rng: random.Random, max_images: int, image_dir: Pa
     source = "https://huggingface.co/datasets/Vision-CAIR/cc_sbu_align"
     images = require_dir(Path(image_dir or root / "cc_sbu_align/image"), "minigpt4", source)
     path = require_file(root / "cc_sbu_align/filter_cap.json", "minigpt4", source)
-    conversations = []
+    records = []
     for i, record in enumerate(load_annotations(path, "minigpt4", key="annotations")):
         where = f"{path}[annotations][{i}]"
         image_id = str(field(record, "image_id", where))
-        caption = field(record, "caption", where)
-        conversations.append(caption_conversation(f"minigpt4:{image_id}", images / f"{image_id}.jpg", caption, rng, where))
-    return LoadedDataset(conversations, (path,))
+        records.append((f"minigpt4:{image_id}", images / f"{image_id}.jpg", field(record, "caption", where), where))
+
+    def draw(rng: random.Random) -> list[Conversation]:
+        return [caption_conversation(conv_id, image, caption, rng, where) for conv_id, image, caption, where in records]
+
+    return drawn(draw, rng, (path,))

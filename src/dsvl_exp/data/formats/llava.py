@@ -26,9 +26,18 @@ LLAVA_URL = "https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K"
 
 
 def turn_pairs(turns: list, where: str) -> list[tuple[str, str]]:
-    """(question, answer) pairs of a human/gpt alternation (raw text)."""
+    """(question, answer) pairs of a human/gpt alternation (raw text). A turn out of order (a record
+    starting with `gpt`) or a trailing unanswered turn is an error, never trained on or dropped."""
     if not isinstance(turns, list) or len(turns) < 2:
         raise DataError(f"{where}: 'conversations' needs at least one human/gpt pair")
+    for k, turn in enumerate(turns):
+        expected = "human" if k % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or turn.get("from") != expected:
+            got = turn.get("from") if isinstance(turn, dict) else type(turn).__name__
+            raise DataError(f"{where}[{k}]: turn {k} is from {got!r}, expected {expected!r}; turns must alternate "
+                            "human, gpt, human, gpt, ... starting with human")
+    if len(turns) % 2:
+        raise DataError(f"{where}[{len(turns) - 1}]: the last human turn has no gpt answer; add the answer or remove the turn")
     pairs = []
     for k in range(len(turns) // 2):
         question, answer = turns[2 * k], turns[2 * k + 1]

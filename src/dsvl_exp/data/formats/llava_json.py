@@ -7,14 +7,16 @@
 Turns alternate human/gpt. Each `<image>` in a human turn shows the next image of `image` in
 that round; their number must match the images. Images are relative to `image_dir` when set,
 else to the JSON file's folder. A record without `image` is a text-only conversation.
+The file is either a JSON list or JSONL (one record per line), told apart by its first character.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
-from dsvl_exp.data.cache import load_json
+from dsvl_exp.data.cache import json_error, load_json
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.common import nonempty_answer
@@ -47,13 +49,47 @@ def parse_llava_record(record: dict, where: str, image_dir: Path) -> Conversatio
     )
 
 
+EXPECTED = "a JSON list of LLaVA records ('[{...}, ...]') or JSONL (one '{...}' record per line)"
+
+
+def first_character(path: Path) -> str:
+    with open(path, encoding="utf-8") as f:
+        while True:
+            block = f.read(4096)
+            if not block:
+                return ""
+            stripped = block.lstrip()
+            if stripped:
+                return stripped[0]
+
+
+def load_records(path: Path) -> list[tuple[str, object]]:
+    """(where, record) for a JSON list or a JSONL file."""
+    if not path.is_file():
+        raise DataError(f"llava_json: file not found: {path}")
+    first = first_character(path)
+    if first == "[":
+        return [(f"{path}[{i}]", r) for i, r in enumerate(load_json(path, "llava_json"))]
+    if first != "{":
+        raise DataError(f"{path}: starts with {first!r} but llava_json expects {EXPECTED}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{line_number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                error.lineno = line_number
+                raise DataError(json_error(path, error, "llava_json") + f"; expected {EXPECTED}") from None
+    return records
+
+
 @register("llava_json")
 def read_llava_json(path: Path, rng: random.Random, max_images: int, image_dir: Path | None) -> LoadedDataset:
-    records = load_json(path, "llava_json")
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of conversations")
+    path = Path(path)
     base = Path(image_dir) if image_dir else path.parent
-    conversations = [parse_llava_record(r, f"{path}[{i}]", base) for i, r in enumerate(records)]
+    conversations = [parse_llava_record(record, where, base) for where, record in load_records(path)]
     if not conversations:
         raise DataError(f"{path}: no conversations in the file")
     return LoadedDataset(conversations, (path,))

@@ -8,19 +8,21 @@ Layout under the data root, MIMIC-IT/:
 One-time preprocessing merges each instruction with its related ones (`rel_ins_ids`) into one
 multi-round sample, in a seeded shuffled key order, and caches the result next to the raw file
 (`CGD_instructions_merged.json`, `SD_instructions_merged.json`,
-`{SN,TVC,VST}_instructions_merged_filtered{N}.json`, the latter keeping samples with 1..N known images).
+`{SN,TVC,VST}_instructions_merged_filtered{N}.json`, the latter keeping samples with 1..N images;
+what the rule drops is counted and logged). An image id missing from `{X}.json` follows
+`data.on_missing_image`; errors name the raw file and the instruction id.
 
 Per sample the round order is shuffled; the first round shows every image and later rounds none.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
-from dsvl_exp.data.cache import cached_json
+from dsvl_exp.data.cache import cached_json_with_notes
 from dsvl_exp.data.conversation import Conversation, Round
-from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.common import (
     coco_train2017,
     field,
@@ -29,15 +31,19 @@ from dsvl_exp.data.formats.common import (
     require_file,
     strip_image_tag,
 )
-from dsvl_exp.data.formats.registry import LoadedDataset, register
+from dsvl_exp.data.formats.registry import LoadedDataset, drawn, register
+from dsvl_exp.data.images import missing_image
 
+log = logging.getLogger(__name__)
 MIMICIT_URL = "https://huggingface.co/datasets/pufanyi/MIMICIT"
 MERGE_SEED = 0  # fixed: every rank must compute the same cache file
 
 
-def merge_related(raw: dict, shuffle: random.Random | None, keep_image=lambda image_id: True,
-                  max_images: int | None = None) -> list[dict]:
-    """Group each instruction with its `rel_ins_ids`; each id is used once."""
+def merge_related(raw: dict, shuffle: random.Random | None, max_images: int | None = None,
+                  dropped: dict[str, int] | None = None, where: str = "MIMIC-IT") -> list[dict]:
+    """Group each instruction with its `rel_ins_ids`; each id is used once. A group without images
+    or with more than `max_images` is dropped (the reference's rule) and counted in `dropped`."""
+    dropped = {} if dropped is None else dropped
     remaining = dict(raw)
     keys = list(remaining)
     if shuffle is not None:
@@ -47,17 +53,33 @@ def merge_related(raw: dict, shuffle: random.Random | None, keep_image=lambda im
         if key not in remaining:
             continue
         record = remaining.pop(key)
-        image_ids = [i for i in record["image_ids"] if keep_image(i)]
+        image_ids = list(field(record, "image_ids", f"{where} [{key}]"))
         if not image_ids or (max_images is not None and len(image_ids) > max_images):
+            rule = "without_images" if not image_ids else "over_image_limit"
+            dropped[rule] = dropped.get(rule, 0) + 1
             continue
-        sample = {"id": key, "image_ids": image_ids, "instruction": [record["instruction"]], "answer": [record["answer"]]}
+        sample = {"id": key, "image_ids": image_ids, "instruction": [field(record, "instruction", f"{where} [{key}]")],
+                  "answer": [field(record, "answer", f"{where} [{key}]")]}
         for related in record.get("rel_ins_ids", []):
             if related in remaining:
                 other = remaining.pop(related)
-                sample["instruction"].append(other["instruction"])
-                sample["answer"].append(other["answer"])
+                sample["instruction"].append(field(other, "instruction", f"{where} [{related}]"))
+                sample["answer"].append(field(other, "answer", f"{where} [{related}]"))
         merged.append(sample)
     return merged
+
+
+def merged_instructions(raw_path: Path, merged_path: Path, name: str, max_images: int | None) -> tuple[list[dict], dict]:
+    def build():
+        dropped: dict[str, int] = {}
+        merged = merge_related(load_annotations(raw_path, name, "data"), random.Random(MERGE_SEED), max_images, dropped, str(raw_path))
+        return merged, dropped
+
+    merged, dropped = cached_json_with_notes(merged_path, build, name, sources=(raw_path,))
+    for rule, count in dropped.items():
+        log.warning("%s (%s): dropped %d instruction group(s) %s (the reference's rule)", name, raw_path, count,
+                    "without images" if rule == "without_images" else f"with more than {max_images} images")
+    return merged, dropped
 
 
 def shuffled_rounds(sample: dict, num_images: int, rng: random.Random, where: str) -> tuple[Round, ...]:
@@ -73,53 +95,46 @@ def shuffled_rounds(sample: dict, num_images: int, rng: random.Random, where: st
 def read_coco_subset(root: Path, rng: random.Random, image_dir: Path | None) -> LoadedDataset:
     images = coco_train2017(root, image_dir, "otter_mimicit_cgd")
     raw_path = require_file(root / "MIMIC-IT/CGD_instructions.json", "otter_mimicit_cgd", MIMICIT_URL)
-    merged_path = root / "MIMIC-IT/CGD_instructions_merged.json"
-    merged = cached_json(
-        merged_path, lambda: merge_related(load_annotations(raw_path, "otter_mimicit_cgd", "data"), random.Random(MERGE_SEED)),
-        "otter_mimicit_cgd",
-    )
-    conversations = []
-    for i, sample in enumerate(merged):
-        where = f"{merged_path}[{i}]"
-        paths = tuple(str(images / (image_id[8:] + ".jpg")) for image_id in field(sample, "image_ids", where))
-        conversations.append(Conversation(
-            id=f"otter_mimicit_cgd:{sample.get('id', i)}", images=paths,
-            rounds=shuffled_rounds(sample, len(paths), rng, where), source=where,
-        ))
-    return LoadedDataset(conversations, (raw_path,))
+    merged, dropped = merged_instructions(raw_path, root / "MIMIC-IT/CGD_instructions_merged.json", "otter_mimicit_cgd", None)
+    samples = [(sample, f"{raw_path} [{sample['id']}]",
+                tuple(str(images / (image_id[8:] + ".jpg")) for image_id in sample["image_ids"])) for sample in merged]
+
+    def draw(rng: random.Random) -> list[Conversation]:
+        return [Conversation(id=f"otter_mimicit_cgd:{sample['id']}", images=paths,
+                             rounds=shuffled_rounds(sample, len(paths), rng, where), source=where)
+                for sample, where, paths in samples]
+
+    return drawn(draw, rng, (raw_path,), dropped)
 
 
 def read_base64_subset(root: Path, subset: str, rng: random.Random, max_images: int | None) -> LoadedDataset:
     name = f"otter_mimicit_{subset.lower()}"
     images_path = require_file(root / f"MIMIC-IT/{subset}.json", name, MIMICIT_URL)
     raw_path = require_file(root / f"MIMIC-IT/{subset}_instructions.json", name, MIMICIT_URL)
-    image_data = load_annotations(images_path, name)
     suffix = "" if max_images is None else f"_filtered{max_images}"
-    merged_path = root / f"MIMIC-IT/{subset}_instructions_merged{suffix}.json"
-    merged = cached_json(
-        merged_path,
-        lambda: merge_related(load_annotations(raw_path, name, "data"), random.Random(MERGE_SEED),
-                              keep_image=(lambda i: i in image_data) if max_images else (lambda i: True), max_images=max_images),
-        name,
-    )
+    merged, dropped = merged_instructions(raw_path, root / f"MIMIC-IT/{subset}_instructions_merged{suffix}.json", name, max_images)
+    image_data = load_annotations(images_path, name)
     # One `base64:` string per image, shared by every sample that shows it; the raw table is dropped.
+    # An unknown image id becomes a `missing:` entry, so it follows data.on_missing_image.
     entries: dict[str, str] = {}
-    conversations = []
-    for i, sample in enumerate(merged):
-        where = f"{merged_path}[{i}]"
+    samples = []
+    for sample in merged:
+        where = f"{raw_path} [{sample['id']}]"
         shown = []
-        for image_id in field(sample, "image_ids", where):
-            if image_id not in entries:
-                if image_id not in image_data:
-                    raise DataError(f"{where}: image id {image_id!r} is not in {images_path}")
+        for image_id in sample["image_ids"]:
+            if image_id not in entries and image_id in image_data:
                 entries[image_id] = "base64:" + image_data[image_id]
-            shown.append(entries[image_id])
-        conversations.append(Conversation(
-            id=f"{name}:{sample.get('id', i)}", images=tuple(shown),
-            rounds=shuffled_rounds(sample, len(shown), rng, where), source=where,
-        ))
+            shown.append(entries.get(image_id) or missing_image(f"image id {image_id!r} of {sample['id']} is not in {images_path}"))
+        names = tuple(f"image id {image_id!r} in {images_path}" for image_id in sample["image_ids"])
+        samples.append((sample, where, tuple(shown), names))
     del image_data
-    return LoadedDataset(conversations, (raw_path, images_path))
+
+    def draw(rng: random.Random) -> list[Conversation]:
+        return [Conversation(id=f"{name}:{sample['id']}", images=shown, rounds=shuffled_rounds(sample, len(shown), rng, where),
+                             source=where, meta={"image_names": names})
+                for sample, where, shown, names in samples]
+
+    return drawn(draw, rng, (raw_path, images_path), dropped)
 
 
 @register("otter_mimicit_cgd")
