@@ -68,6 +68,30 @@ class DSVLModel(nn.Module):
         self.image_order = image_order
         self.pad_to_multiple_of = pad_to_multiple_of
 
+    # ---- save / load (models/pretrained.py) ----------------------------------------------------
+    @property
+    def config(self):
+        """The DSVLConfig describing this model (what config.json holds)."""
+        from dsvl_exp.models.build import model_config
+
+        return model_config(self)
+
+    def save_pretrained(self, out_dir, *, tokenizer=None, state_dict=None, keep_adapters: bool = False,
+                        training_summary: dict | None = None, max_shard_size="5GB"):
+        """A self-contained folder that `DSVLModel.from_pretrained` loads offline (see models/pretrained.py)."""
+        from dsvl_exp.models.pretrained import save_pretrained
+
+        return save_pretrained(self, out_dir, state_dict=state_dict, tokenizer=tokenizer, keep_adapters=keep_adapters,
+                               training_summary=training_summary, max_shard_size=max_shard_size)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None) -> "DSVLModel":
+        """Rebuild a saved/exported model; `model.vision.image_processor` prepares its images and
+        `dsvl_exp.models.tokenizer.load_tokenizer(path)` loads its tokenizer."""
+        from dsvl_exp.models.pretrained import from_pretrained
+
+        return from_pretrained(path, dtype=dtype)
+
     @property
     def embed_tokens(self) -> nn.Embedding:
         return self.decoder.get_input_embeddings()

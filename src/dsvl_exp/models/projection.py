@@ -58,13 +58,13 @@ def _refuse_resampling_tower(name: str, vision_resamples: bool) -> None:
         )
 
 
-def build_baseline_projection(vision_hidden_size: int, decoder_hidden_size: int, **vision_facts) -> BaselineProjection:
+def build_baseline_projection(vision_hidden_size: int, decoder_hidden_size: int) -> BaselineProjection:
     return BaselineProjection(vision_hidden_size, decoder_hidden_size)
 
 
 def build_vit_projection(vision_hidden_size: int, decoder_hidden_size: int, vision_num_heads: int,
-                         vision_intermediate_size: int, vision_resamples: bool = False,
-                         vision_hidden_act: str = "quick_gelu", **vision_facts) -> ViTProjection:
+                         vision_intermediate_size: int, vision_hidden_act: str = "quick_gelu",
+                         vision_resamples: bool = False) -> ViTProjection:
     """The block copies the encoder's heads, MLP size and activation (quick_gelu for CLIP-L)."""
     _refuse_resampling_tower("vit", vision_resamples)
     return ViTProjection(vision_hidden_size, decoder_hidden_size, vision_num_heads, vision_intermediate_size,
@@ -72,13 +72,20 @@ def build_vit_projection(vision_hidden_size: int, decoder_hidden_size: int, visi
 
 
 def build_perceiver_projection(vision_hidden_size: int, decoder_hidden_size: int, num_queries: int = 256,
-                               vision_has_cls_token: bool = True, vision_resamples: bool = False,
-                               **vision_facts) -> Resampler:
+                               vision_has_cls_token: bool = True, vision_resamples: bool = False) -> Resampler:
     """The reference's perceiver: `num_queries` learned queries, decoder_hidden/128 heads (at
-    least 1), `kv_proj` with bias, LayerNorms eps 1e-12, CLS dropped, LayerNorm + Linear out."""
+    least 1), `kv_proj` with bias, every LayerNorm eps 1e-12, CLS dropped, LayerNorm + Linear out."""
     _refuse_resampling_tower("perceiver", vision_resamples)
     return Resampler(
         num_queries, decoder_hidden_size, max(1, decoder_hidden_size // 128), vision_hidden_size,
         layer_norm_eps=1e-12, kv_bias=True, always_project_kv=True,
         drop_cls_token=vision_has_cls_token, output_head=True, name="projection.num_queries",
     )
+
+
+# projection name (config.json's `projection.type`) -> builder; the names of `conf/projection/`
+PROJECTION_BUILDERS = {
+    "baseline": build_baseline_projection,
+    "vit": build_vit_projection,
+    "perceiver": build_perceiver_projection,
+}

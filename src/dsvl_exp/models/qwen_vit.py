@@ -99,13 +99,19 @@ class QwenVisionTransformer(nn.Module):
 class QwenVisionTower(nn.Module):
     """The tower plus what the rest of the model reads from an encoder (sizes, processor)."""
 
-    def __init__(self, model: QwenVisionTransformer, image_processor, image_size: int, num_queries: int, output_dim: int):
+    def __init__(self, model: QwenVisionTransformer, image_processor, image_size: int, num_queries: int, output_dim: int,
+                 architecture: dict | None = None):
         super().__init__()
         self.model = model
         self.image_processor = image_processor
         self.image_size = image_size
         self.num_tokens = num_queries
         self.hidden_size = output_dim
+        first_block = model.transformer.resblocks[0] if len(model.transformer.resblocks) else None
+        self.num_heads = first_block.attn.heads if first_block is not None else 0
+        self.intermediate_size = first_block.mlp.c_fc.out_features if first_block is not None else 0
+        self.hidden_act = "gelu"
+        self._architecture = architecture or {}
         self.has_cls_token = False
         self.resamples = True  # already a resampler: a second one (vit/perceiver projection) is refused
         # the trunk's Linears only: the resampler's nn.MultiheadAttention reads its weights directly
@@ -113,6 +119,9 @@ class QwenVisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)
+
+    def architecture(self) -> dict:
+        return {"type": "qwen", **self._architecture}
 
     def gradient_checkpointing_enable(self) -> None:
         self.model.transformer.gradient_checkpointing = True
@@ -183,4 +192,6 @@ def build_qwen_vision_tower(
     processor = clip_image_processor(image_size)
     # Qwen-VL resizes straight to a square (no crop); resizing the shortest side then a center
     # crop is the same for square inputs and what the reference's CLIP processor does.
-    return QwenVisionTower(model, processor, image_size, num_queries, output_dim)
+    architecture = dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
+                        mlp_size=mlp_size, output_dim=output_dim, num_queries=num_queries)
+    return QwenVisionTower(model, processor, image_size, num_queries, output_dim, architecture)

@@ -77,7 +77,9 @@ class Resampler(nn.Module):
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.ln_q = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.ln_kv = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.out = nn.Sequential(nn.LayerNorm(embed_dim), TruncNormalLinear(embed_dim, embed_dim)) if output_head else nn.Identity()
+        # the output LayerNorm has the same eps as ln_q / ln_kv (the reference's perceiver: 1e-12)
+        self.out = (nn.Sequential(nn.LayerNorm(embed_dim, eps=layer_norm_eps), TruncNormalLinear(embed_dim, embed_dim))
+                    if output_head else nn.Identity())
 
     def output_tokens(self, vision_tokens: int) -> int:
         return self.num_queries

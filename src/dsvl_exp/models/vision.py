@@ -53,6 +53,9 @@ class CLIPVisionTower(nn.Module):
         self.resamples = False
         self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
+    def architecture(self) -> dict:
+        return {"type": "clip", "clip_config": self.model.config.to_dict(), "feature_layer": self.feature_layer}
+
     def gradient_checkpointing_enable(self) -> None:
         self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 

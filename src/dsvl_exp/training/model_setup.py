@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dsvl_exp.models.build import build_projection
 from dsvl_exp.models.dsvl import DSVLModel
 from dsvl_exp.models.freezing import apply_freezing, resolve_trainable
 from dsvl_exp.models.lora import DECODER_TARGETS, add_lora
@@ -18,17 +19,15 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: DictConfig, tokenizer) -> DSVLModel:
+    """The run config's vision / decoder / projection groups -> a DSVLModel (models/build.py
+    composes; this only reads the config)."""
     log.info("Instantiating vision <%s>", cfg.vision._target_)
     vision = instantiate(cfg.vision)
     log.info("Instantiating decoder <%s>", cfg.decoder._target_)
     decoder = instantiate(cfg.decoder, vocab_size=len(tokenizer))
     log.info("Instantiating projection <%s>", cfg.projection._target_)
-    projection = instantiate(
-        cfg.projection,
-        vision_hidden_size=vision.hidden_size,
-        decoder_hidden_size=decoder.config.hidden_size,
-        **vision_facts(vision),
-    )
+    settings = {key: value for key, value in OmegaConf.to_container(cfg.projection, resolve=True).items() if key != "_target_"}
+    projection = build_projection(get_method(cfg.projection._target_), vision, decoder.config.hidden_size, **settings)
     return DSVLModel(
         vision=vision,
         projection=projection,
@@ -39,17 +38,6 @@ def build_model(cfg: DictConfig, tokenizer) -> DSVLModel:
         image_order=cfg.model.image_order,
         pad_to_multiple_of=cfg.model.pad_to_multiple_of,
     )
-
-
-def vision_facts(vision) -> dict:
-    """What a projection may need to know about the encoder in front of it."""
-    return {
-        "vision_num_heads": getattr(vision, "num_heads", None),
-        "vision_intermediate_size": getattr(vision, "intermediate_size", None),
-        "vision_hidden_act": getattr(vision, "hidden_act", "quick_gelu"),
-        "vision_has_cls_token": getattr(vision, "has_cls_token", False),
-        "vision_resamples": getattr(vision, "resamples", False),
-    }
 
 
 def configure_training(model: DSVLModel, cfg: DictConfig) -> None:

@@ -1,0 +1,133 @@
+"""Model composition: a projection from a vision tower's contract, and the whole DSVLModel from
+its parts or from a `DSVLConfig` (what an export's config.json holds).
+
+Builders take flat values or a model config object, never the run config: the recipe
+(`training/model_setup.py`) reads the run config and calls these; `from_pretrained`, export and
+the reference import call them with no run config at all."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from dsvl_exp.models.config import DSVLConfig
+from dsvl_exp.models.decoder import ATTENTION_CHOICES, ATTENTION_IMPLEMENTATIONS
+from dsvl_exp.models.dsvl import DSVLModel
+from dsvl_exp.models.projection import PROJECTION_BUILDERS, BaselineProjection, ViTProjection
+from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
+from dsvl_exp.models.resampler import Resampler
+from dsvl_exp.models.vision import CLIPVisionTower, clip_image_processor
+from dsvl_exp.models.vision_tower import VisionTower, check_vision_tower
+
+# What a projection builder may ask of the tower in front of it: parameter name -> the contract
+# attribute it is read from. A builder declares the ones it needs in its signature.
+VISION_INPUTS: dict[str, Callable[[VisionTower], object]] = {
+    "vision_hidden_size": lambda tower: tower.hidden_size,
+    "vision_num_heads": lambda tower: tower.num_heads,
+    "vision_intermediate_size": lambda tower: tower.intermediate_size,
+    "vision_hidden_act": lambda tower: tower.hidden_act,
+    "vision_has_cls_token": lambda tower: tower.has_cls_token,
+    "vision_resamples": lambda tower: tower.resamples,
+}
+
+
+def build_projection(builder: str | Callable[..., nn.Module], vision: VisionTower, decoder_hidden_size: int,
+                     **settings) -> nn.Module:
+    """`builder`: a name of `PROJECTION_BUILDERS` or a builder function. It receives the
+    `VISION_INPUTS` its signature names, `decoder_hidden_size`, and `settings` (its own group's
+    values, e.g. `num_queries`)."""
+    if isinstance(builder, str):
+        if builder not in PROJECTION_BUILDERS:
+            raise ValueError(f"projection {builder!r} is not one of {sorted(PROJECTION_BUILDERS)}")
+        builder = PROJECTION_BUILDERS[builder]
+    check_vision_tower(vision)
+    wanted = inspect.signature(builder).parameters
+    inputs = {name: read(vision) for name, read in VISION_INPUTS.items() if name in wanted}
+    return builder(decoder_hidden_size=decoder_hidden_size, **inputs, **settings)
+
+
+def projection_architecture(projection: nn.Module) -> dict:
+    """The projection's name and own settings; the rest it takes from the tower on rebuild."""
+    if isinstance(projection, BaselineProjection):
+        return {"type": "baseline"}
+    if isinstance(projection, ViTProjection):
+        return {"type": "vit"}
+    if isinstance(projection, Resampler):
+        return {"type": "perceiver", "num_queries": projection.num_queries}
+    raise ValueError(f"{type(projection).__name__} is not a projection that config.json can describe "
+                     f"(one of {sorted(PROJECTION_BUILDERS)})")
+
+
+def decoder_attention(decoder: LlamaForCausalLM) -> str:
+    implementation = decoder.config._attn_implementation
+    names = {impl: name for name, impl in ATTENTION_IMPLEMENTATIONS.items()}
+    return names.get(implementation, "causal")  # sdpa / eager / flash are all plain causal attention
+
+
+def model_config(model: DSVLModel) -> DSVLConfig:
+    """Describe a built model completely (architectures, not pretrained paths)."""
+    first = next(model.parameters())
+    return DSVLConfig(
+        vision=model.vision.architecture(),
+        projection=projection_architecture(model.projection),
+        decoder={"type": "llama", "llama_config": model.decoder.config.to_dict()},
+        attention=decoder_attention(model.decoder),
+        image_order=model.image_order,
+        pad_to_multiple_of=model.pad_to_multiple_of,
+        tokens_per_image=model.tokens_per_image,
+        image_token_id=model.image_token_id,
+        pad_token_id=model.pad_token_id,
+        eos_token_id=model.eos_token_id,
+        dtype=str(first.dtype).removeprefix("torch."),
+    )
+
+
+def build_vision_from_architecture(architecture: dict, image_processor=None) -> VisionTower:
+    kind = architecture.get("type")
+    if kind == "clip":
+        config = CLIPVisionConfig.from_dict(architecture["clip_config"])
+        model = CLIPVisionModel._from_config(config, dtype=torch.float32)
+        processor = image_processor or clip_image_processor(config.image_size)
+        return CLIPVisionTower(model, processor, architecture.get("feature_layer", -1))
+    if kind == "qwen":
+        tower = build_qwen_vision_tower(**{k: v for k, v in architecture.items() if k != "type"})
+        if image_processor is not None:
+            tower.image_processor = image_processor
+        return tower
+    raise ValueError(f"config.json: vision.type={kind!r} is not one of ['clip', 'qwen']")
+
+
+def build_decoder_from_architecture(architecture: dict, attention: str) -> LlamaForCausalLM:
+    if architecture.get("type") != "llama":
+        raise ValueError(f"config.json: decoder.type={architecture.get('type')!r} is not 'llama'")
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"config.json: attention={attention!r} is not one of {ATTENTION_CHOICES}")
+    model = LlamaForCausalLM._from_config(LlamaConfig.from_dict(architecture["llama_config"]), dtype=torch.float32)
+    model.set_attn_implementation(ATTENTION_IMPLEMENTATIONS[attention])
+    return model
+
+
+def build_model_from_config(config: DSVLConfig, image_processor=None) -> DSVLModel:
+    """A randomly initialised model of exactly the described architecture (weights load after)."""
+    vision = build_vision_from_architecture(config.vision, image_processor)
+    decoder = build_decoder_from_architecture(config.decoder, config.attention)
+    settings = {k: v for k, v in config.projection.items() if k != "type"}
+    projection = build_projection(config.projection["type"], vision, decoder.config.hidden_size, **settings)
+    model = DSVLModel(
+        vision=vision,
+        projection=projection,
+        decoder=decoder,
+        image_token_id=config.image_token_id,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=config.eos_token_id,
+        image_order=config.image_order,
+        pad_to_multiple_of=config.pad_to_multiple_of,
+    )
+    if config.tokens_per_image is not None and model.tokens_per_image != config.tokens_per_image:
+        raise ValueError(f"config.json says {config.tokens_per_image} visual tokens per image; the described "
+                         f"architecture gives {model.tokens_per_image}")
+    return model
