@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from dsvl_exp.inference.cli import UsageError, add_generation_arguments, generation_settings, run_cli, user_error_types
@@ -126,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, user_error_types()))
+    run_cli(main, user_error_types())

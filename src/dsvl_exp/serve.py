@@ -11,7 +11,7 @@ keeps its own conversation; the model is shared and answers one request at a tim
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from threading import Thread
 
 from dsvl_exp.inference.cli import add_generation_arguments, generation_settings, run_cli, user_error_types
@@ -95,11 +95,13 @@ def build_demo(loaded, settings):
         clear = gr.Button("Clear", elem_id="clear")
         box.submit(respond, [box, chatbot, state], [box, chatbot, state])
         clear.click(lambda: (None, [], empty_state()), None, [box, chatbot, state])
+        chatbot.clear(empty_state, None, state)  # the chatbot's own trash icon starts over too
     return demo
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
     settings = generation_settings(args)
     import torch
 
@@ -115,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, user_error_types()))
+    run_cli(main, user_error_types())

@@ -1,8 +1,10 @@
 """Scoring and writing evaluation answers: one row per round, JSONL and CSV per suite, and an
 accuracy table (exact match and contains, per suite and overall) where reference answers exist.
 
-A majority-answer baseline (always give the suite's most frequent reference answer) is reported
-beside the accuracies, so a number can be read against what no looking at images achieves."""
+Two baselines that never look at an image are reported beside the accuracies: the majority
+answer (always the suite's most frequent reference answer) and the per-question majority (for
+each distinct question text its most frequent answer: the best a model reading only the text
+can do)."""
 
 from __future__ import annotations
 
@@ -54,6 +56,13 @@ def majority_baseline(references: list[str]) -> float:
     return counts.most_common(1)[0][1] / len(references)
 
 
+def question_majority_baseline(rows: list[dict]) -> float:
+    by_question: dict[str, Counter] = {}
+    for row in rows:
+        by_question.setdefault(row["question"], Counter())[normalize_answer(row["reference"])] += 1
+    return sum(c.most_common(1)[0][1] for c in by_question.values()) / len(rows) if rows else float("nan")
+
+
 def accuracy_table(rows_by_suite: dict[str, list[dict]]) -> list[dict]:
     """One entry per suite with reference answers, then `overall` (over all scored rounds)."""
     table, every = [], []
@@ -73,14 +82,16 @@ def score(name: str, scored: list[dict], rounds: int) -> dict:
         "exact_match": sum(r["exact_match"] for r in scored) / len(scored),
         "contains": sum(r["contains"] for r in scored) / len(scored),
         "majority_baseline": majority_baseline([r["reference"] for r in scored]),
+        "question_majority_baseline": question_majority_baseline(scored),
     }
 
 
 def format_table(table: list[dict]) -> str:
-    lines = ["| suite | rounds | scored | exact match | contains | majority baseline |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| suite | rounds | scored | exact match | contains | majority answer | per-question majority |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for entry in table:
         lines.append(f"| {entry['suite']} | {entry['rounds']} | {entry['scored']} | {entry['exact_match']:.3f} | "
-                     f"{entry['contains']:.3f} | {entry['majority_baseline']:.3f} |")
+                     f"{entry['contains']:.3f} | {entry['majority_baseline']:.3f} | {entry['question_majority_baseline']:.3f} |")
     return "\n".join(lines)
 
 
