@@ -25,7 +25,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dsvl_exp.config.overrides import quote_numeric_group_choices
+from dsvl_exp.config.overrides import quote_numeric_group_choices, resume_shorthand
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.training import rendezvous
 
@@ -46,7 +46,7 @@ def main() -> None:
     arguments, local_rank = rendezvous.without_local_rank_argument(sys.argv[1:])
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
-    sys.argv = [sys.argv[0], *quote_numeric_group_choices(arguments)]
+    sys.argv = [sys.argv[0], *resume_shorthand(quote_numeric_group_choices(arguments))]
     if not rendezvous.started_by_external_launcher(os.environ):
         hydra_main()
         return

@@ -21,3 +21,16 @@ def quote_numeric_group_choices(arguments: list[str], groups: tuple[str, ...] = 
             argument = f"{key}=" + ",".join(f"'{v}'" for v in value.split(","))
         quoted.append(argument)
     return quoted
+
+
+def resume_shorthand(arguments: list[str]) -> list[str]:
+    """`resume=auto`, `resume=PATH` and `resume=null` (the public spelling) set
+    `resume.checkpoint`: `resume` is a group of two keys (the checkpoint and
+    `resume.allow_config_change`), and Hydra cannot assign a string to a group."""
+    rewritten = []
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        if sep and key.lstrip("+") == "resume":
+            argument = f"resume.checkpoint={value}"
+        rewritten.append(argument)
+    return rewritten

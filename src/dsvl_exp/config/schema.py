@@ -7,6 +7,7 @@ so a misspelt key or a wrong type fails at composition with Hydra's message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -175,6 +176,11 @@ class DataConfig:
 
 
 # ---- training --------------------------------------------------------------------------------
+class NonFiniteAction(Enum):
+    stop = "stop"  # stop the run, naming the step and the batch's sample ids
+    skip = "skip"  # drop that micro-batch (no backward), count it, go on
+
+
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = 1500  # optimizer steps; when null, `epochs` decides
@@ -193,6 +199,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # vision encoder and decoder
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    on_nonfinite: NonFiniteAction = NonFiniteAction.stop  # a NaN/inf loss: stop | skip
 
 
 @dataclass
@@ -210,6 +217,7 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     every_n_steps: Optional[int] = 500
+    every_n_epochs: Optional[int] = None  # also (or instead) at the end of every N-th epoch
     at_start: bool = False
     max_batches: Optional[int] = None
     batch_size: int = 16
@@ -217,6 +225,25 @@ class EvalConfig:
     max_new_tokens: int = 8
     max_conversations: Optional[int] = None
     monitor: str = "eval/accuracy"  # the metric the task returns (Optuna optimises it)
+
+
+@dataclass
+class CheckpointConfig:
+    """DeepSpeed checkpoints under `dir` (null: <run dir>/checkpoints), one tag per step."""
+
+    dir: Optional[str] = None
+    every_n_steps: Optional[int] = 500  # null: only the final one (and SIGTERM/SIGINT, and new bests)
+    keep_last: Optional[int] = 2  # older step checkpoints deleted once a newer one is complete; best kept
+    export: bool = True  # at the end: <run dir>/export (and <run dir>/best when eval picks one)
+
+
+@dataclass
+class ResumeConfig:
+    # null: a fresh run (refuses a run directory that already has metrics or checkpoints);
+    # auto: the newest complete checkpoint of this run directory; or a checkpoint path.
+    # `resume=auto` / `resume=PATH` on the command line mean `resume.checkpoint=...`.
+    checkpoint: Optional[str] = None
+    allow_config_change: bool = False  # resume although the config differs in meaning
 
 
 @dataclass
@@ -250,6 +277,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     seed: int = 0
 
 

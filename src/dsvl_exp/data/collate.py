@@ -35,4 +35,5 @@ class DataCollator:
             "attention_mask": attention_mask,
             "images": torch.cat([s["images"] for s in samples], dim=0),
             "image_num": [int(s["images"].shape[0]) for s in samples],
+            "sample_ids": [s.get("id") for s in samples],  # named in errors (e.g. a non-finite loss)
         }

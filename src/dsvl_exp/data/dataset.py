@@ -42,4 +42,5 @@ class ConversationDataset(Dataset):
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "images": self.pixel_values(conversation),
+            "id": conversation.id,
         }

@@ -20,7 +20,7 @@ def evaluate_loss(engine, loader, device, max_batches: int | None = None) -> flo
     for index, batch in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
-        batch = move_to(batch, device)
+        batch = move_to(model_inputs(batch), device)
         output = engine(**batch)
         total_loss += float(output.loss) * output.num_supervised_tokens
         total_tokens += output.num_supervised_tokens
@@ -100,6 +100,11 @@ def evaluate_answers(
         model.train()
     correct, counted = distributed.all_reduce_sum([correct, counted])
     return (correct / counted if counted else math.nan), examples
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch without its bookkeeping (the sample ids the collator adds for error messages)."""
+    return {k: v for k, v in batch.items() if k != "sample_ids"}
 
 
 def move_to(batch: dict, device) -> dict:

@@ -76,3 +76,70 @@ def export_from_engine(engine, tokenizer, out_dir: str | Path, *, keep_adapters:
     if dist.is_initialized():
         dist.barrier()
     return out
+
+
+# ---- from a training checkpoint (offline, one process) ---------------------------------------
+CHECKPOINT_CONFIG = "config.yaml"
+TRAINER_STATE = "trainer_state.json"
+
+
+class ExportError(ValueError):
+    """A source that cannot be exported; the message names the path and the fix."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (its `checkpoints/latest`), a checkpoints directory (its `latest`) or one
+    checkpoint tag folder -> the tag folder."""
+    folder = Path(path).expanduser()
+    if (folder / "checkpoints").is_dir():  # a run directory (its own config.yaml is not a checkpoint's)
+        folder = folder / "checkpoints"
+    latest = folder / "latest"
+    if latest.exists():
+        folder = latest.resolve() if latest.is_dir() else folder / latest.read_text().strip()
+    if not (folder / CHECKPOINT_CONFIG).is_file() or not any(folder.glob("*model_states.pt")):
+        raise ExportError(
+            f"{path} is neither a run directory with checkpoints/latest nor a checkpoint folder (a DeepSpeed tag "
+            f"folder holding {CHECKPOINT_CONFIG}); pass <run dir> or <run dir>/checkpoints/step-NNNNNNNN (a run "
+            "writes checkpoints with checkpoint.every_n_steps and at its end)")
+    return folder
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_adapters: bool = False) -> Path:
+    """Rebuild the model from the checkpoint's config.yaml, consolidate its ZeRO-2/3 shards in
+    fp32 (deepspeed.utils.zero_to_fp32) and write the `from_pretrained` folder. One process, no
+    process group. The DeepSpeed checkpoint files are torch pickles written by this project's own
+    training: export only checkpoints you trust (the export folder itself is safetensors)."""
+    import json
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dsvl_exp.training.model_setup import build_model, configure_training
+
+    started = time.perf_counter()
+    folder = resolve_checkpoint(checkpoint_path)
+    cfg = OmegaConf.load(folder / CHECKPOINT_CONFIG)
+    tokenizer = instantiate(cfg.tokenizer)
+    model = build_model(cfg, tokenizer)
+    configure_training(model, cfg)  # the same LoRA layers as in training, so the keys match
+    state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ExportError(f"{folder}: the checkpoint does not fit the model its {CHECKPOINT_CONFIG} describes: "
+                          f"missing {missing[:10]} ({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
+    model.load_state_dict(state, strict=True)
+    summary = {"checkpoint": folder.name}
+    if (folder / TRAINER_STATE).is_file():
+        summary["trainer_state"] = json.loads((folder / TRAINER_STATE).read_text())
+    summary["config"] = OmegaConf.to_container(cfg, resolve=False)
+    out = Path(out_dir)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_pretrained(model, partial, tokenizer=tokenizer, keep_adapters=keep_adapters, training_summary=summary)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    log.info("exported %s to %s (%.1f s)", folder, out, time.perf_counter() - started)
+    return out

@@ -13,12 +13,15 @@ is the task's return value.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import uuid
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from dsvl_exp.training import rendezvous
@@ -48,13 +51,13 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         raise ValueError(f"launcher.kind={settings.kind!r}: expected local or slurm")
     check_local_settings(settings.nproc_per_node, settings.start_method)
     if settings.nproc_per_node == 1:
-        from dsvl_exp.training.run import run_training
+        from dsvl_exp.training.recipe import train
 
         if settings.omp_num_threads is not None:  # otherwise torch's default: every core
             import torch
 
             torch.set_num_threads(rendezvous.omp_threads_per_rank(rendezvous.cpu_count(), 1, settings.omp_num_threads))
-        return run_training(cfg, run_dir)
+        return train(cfg, run_dir)
     return launch_local_ranks(cfg, run_dir)
 
 
@@ -118,6 +121,13 @@ def launch_local_ranks(cfg: DictConfig, run_dir: Path) -> float:
         results = elastic_launch(config, run_rank)(
             OmegaConf.to_container(cfg, resolve=True), str(run_dir), threads, log_file
         )
+    except SignalException as stop:
+        # SIGTERM/SIGINT: the agent forwarded it to the ranks, which finished their step, saved a
+        # checkpoint and exited (torch's agent allows them 30 s before SIGKILL; the previous
+        # checkpoint stays intact if a save takes longer).
+        log.warning("Stopped by %s; resume with the same command plus hydra.run.dir=%s resume=auto",
+                    signal.Signals(stop.sigval).name, run_dir)
+        return math.nan
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS")
@@ -148,9 +158,9 @@ def run_rank(config: dict, run_dir: str, omp_threads: int | None = None, log_fil
     # DeepSpeed's collectives call torch APIs that warn on every call; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     configure_rank_logging(int(os.environ.get("RANK", 0)), log_file)
-    from dsvl_exp.training.run import run_training
+    from dsvl_exp.training.recipe import train
 
-    return run_training(OmegaConf.create(config), Path(run_dir))
+    return train(OmegaConf.create(config), Path(run_dir))
 
 
 def env_threads() -> int | None:

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, wandb_settings: dict, config: dict, enabled: bool):
+    def __init__(self, run_dir: Path, wandb_settings: dict, config: dict, enabled: bool, run_id: str | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.run = None
@@ -31,6 +31,8 @@ class MetricsLogger:
                 tags=list(wandb_settings.get("tags") or []),
                 dir=str(run_dir),
                 config=config,
+                id=run_id,  # kept in the checkpoints: a resumed run continues the same W&B run
+                resume="allow" if run_id else None,
             )
 
     def log(self, metrics: dict, step: int) -> None:

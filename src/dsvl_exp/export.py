@@ -1,0 +1,83 @@
+"""Export a model folder that `DSVLModel.from_pretrained` loads offline.
+
+    python -m dsvl_exp.export RUN_DIR --out DIR                 # the run's checkpoints/latest
+    python -m dsvl_exp.export RUN_DIR/checkpoints/step-00000500 --out DIR --keep-adapters
+    python -m dsvl_exp.export --from-dsvl pytorch_model.bin \\
+        --vision /models/clip-vit-large-patch14 --decoder /models/Llama-2-7b-hf --tokenizer /models/Llama-2-7b-hf \\
+        --projection baseline --attention mmca_legacy --image-order reversed_legacy --out DIR
+
+The first form rebuilds the model from the checkpoint's config.yaml and consolidates its ZeRO
+shards (training/exporting.py); the second imports a DeepSpeed-VisualChat checkpoint
+(models/reference_import.py). LoRA is merged unless --keep-adapters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dsvl_exp.training.exporting import ExportError, export_checkpoint
+
+__all__ = ["export_checkpoint", "main"]
+
+log = logging.getLogger("dsvl_exp.export")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dsvl_exp.export", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", nargs="?", help="a run directory or one checkpoint folder (step-NNNNNNNN)")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--keep-adapters", action="store_true", help="write peft adapters beside the base weights")
+    reference = parser.add_argument_group("importing a DeepSpeed-VisualChat checkpoint")
+    reference.add_argument("--from-dsvl", metavar="CHECKPOINT", help="the reference's pytorch_model.bin or a .safetensors")
+    reference.add_argument("--vision", help="the HF CLIP folder it was trained with (Qwen-VL: its qwen_clip folder)")
+    reference.add_argument("--decoder", help="the HF LLaMA folder it was trained with")
+    reference.add_argument("--tokenizer", help="tokenizer folder (default: --decoder)")
+    reference.add_argument("--projection", choices=["baseline", "vit", "perceiver"], help="its --vis_proj")
+    reference.add_argument("--attention", choices=["causal", "mmca_legacy", "mmca"],
+                           help="mmca_legacy when it was trained with --enable_mmca_attention, else causal")
+    reference.add_argument("--image-order", choices=["reversed_legacy", "forward"], default="reversed_legacy",
+                           help="reversed_legacy: how the reference placed several images (its issue #800)")
+    args = parser.parse_args(argv)
+    if args.from_dsvl:
+        absent = [f"--{name}" for name in ("vision", "decoder", "projection", "attention") if getattr(args, name) is None]
+        if args.source or absent:
+            parser.error(f"--from-dsvl needs {', '.join(absent)}" if absent else "give either SOURCE or --from-dsvl, not both")
+    elif not args.source:
+        parser.error("give a run directory / checkpoint folder, or --from-dsvl CHECKPOINT")
+    return args
+
+
+def import_reference(args: argparse.Namespace) -> None:
+    from dsvl_exp.models.pretrained import save_pretrained
+    from dsvl_exp.models.reference_import import import_reference_checkpoint
+    from dsvl_exp.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer or args.decoder)
+    model, dropped = import_reference_checkpoint(args.from_dsvl, args.vision, args.decoder, tokenizer, args.projection,
+                                                 args.attention, args.image_order)
+    summary = {"imported_from": "DeepSpeed-VisualChat", "checkpoint": str(args.from_dsvl), "vision": args.vision,
+               "decoder": args.decoder, "projection": args.projection, "attention": args.attention,
+               "image_order": args.image_order, "dropped_keys": dropped}
+    save_pretrained(model, args.out, tokenizer=tokenizer, training_summary=summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.from_dsvl:
+            import_reference(args)
+        else:
+            export_checkpoint(args.source, args.out, keep_adapters=args.keep_adapters)
+    except (ExportError, ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported to {args.out}: load with DSVLModel.from_pretrained({args.out!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

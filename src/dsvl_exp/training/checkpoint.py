@@ -1,0 +1,201 @@
+"""Training checkpoints: DeepSpeed's own save/load (every rank writes its ZeRO shards), plus what
+the engine does not hold, published atomically.
+
+    <checkpoint dir>/                 default <run dir>/checkpoints
+      step-00000120/                  one complete checkpoint = DeepSpeed's tag folder, plus
+        config.yaml                   the resolved run config
+        trainer_state.json            step, epoch and position in it, best metric so far, data fingerprint, ...
+        rank_state_<r>.json           per rank: RNG states (python, numpy, torch), data position, logging window
+      latest                          DeepSpeed's text file naming the newest complete tag
+      best -> step-00000100           a relative symlink to the best checkpoint by eval.monitor
+
+A save writes into `.staging-<tag>`, renames it into place once every rank has written, and only
+then replaces `latest` (write + os.replace): a crash mid-save leaves the previous checkpoint and
+`latest` as they were. Older step folders are deleted only after that (keep_last), never `best`'s.
+`deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(<checkpoint dir>, tag)`
+reads any tag, `best` included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsvl_exp.training import distributed
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+BEST = "best"
+TRAINER_STATE = "trainer_state.json"
+CONFIG = "config.yaml"
+STAGING_PREFIX = ".staging-"
+TAG_PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rank_state_file(rank: int) -> str:
+    return f"rank_state_{rank}.json"
+
+
+# ---- RNG states --------------------------------------------------------------------------------
+def rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def parameters_finite(engine) -> bool:
+    """Every rank's (partition of the) weights finite: a NaN model is never saved."""
+    bad = 0.0
+    for param in engine.module.parameters():
+        local = getattr(param, "ds_tensor", param)  # ZeRO-3: this rank's partition
+        if local.numel() and not torch.isfinite(local.detach()).all():
+            bad = 1.0
+            break
+    if distributed.world_size() > 1:
+        bad = distributed.all_reduce_sum([bad])[0]
+    return bad == 0.0
+
+
+def write_json(path: Path, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Atomically: readers see the old content or the new one, never a partial file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def save_checkpoint(engine, checkpoint_dir: Path, step: int, trainer_state: dict, rank_state: dict,
+                    config_yaml: str) -> Path:
+    """One complete checkpoint of step `step`, published atomically; returns its folder."""
+    tag = tag_for(step)
+    staging = checkpoint_dir / f"{STAGING_PREFIX}{tag}"
+    final = checkpoint_dir / tag
+    rank_zero = distributed.is_rank_zero()
+    if rank_zero:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in checkpoint_dir.glob(f"{STAGING_PREFIX}*"):  # from a save that crashed
+            shutil.rmtree(leftover, ignore_errors=True)
+    distributed.barrier()
+    engine.save_checkpoint(str(checkpoint_dir), tag=staging.name, client_state={"step": step}, save_latest=False)
+    write_json(staging / rank_state_file(distributed.rank()), rank_state)
+    distributed.barrier()  # every rank's shards are on disk
+    if rank_zero:
+        write_json(staging / TRAINER_STATE, trainer_state)
+        (staging / CONFIG).write_text(config_yaml)
+        if final.exists():  # a later timeline abandoned by resume=<older checkpoint>
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        replace_text(checkpoint_dir / LATEST, tag)
+    distributed.barrier()
+    return final
+
+
+def copy_folder(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source`, renamed into place (never half-written)."""
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
+def publish_best(checkpoint_dir: Path, tag: str) -> None:
+    """`best` -> tag, swapped atomically (a relative symlink, so the run directory can move)."""
+    temporary = checkpoint_dir / f".{BEST}.tmp"
+    if temporary.is_symlink() or temporary.exists():
+        temporary.unlink()
+    os.symlink(tag, temporary)
+    os.replace(temporary, checkpoint_dir / BEST)
+
+
+def best_tag(checkpoint_dir: Path) -> str | None:
+    link = checkpoint_dir / BEST
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def step_tags(checkpoint_dir: Path) -> list[str]:
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p.name for p in checkpoint_dir.iterdir() if TAG_PATTERN.match(p.name) and p.is_dir())
+
+
+def prune(checkpoint_dir: Path, keep_last: int | None) -> list[str]:
+    """Delete all but the newest `keep_last` step checkpoints; `latest`'s and `best`'s are kept
+    whatever their age. Runs after `latest` names the newer one, so a crash here loses nothing."""
+    if keep_last is None:
+        return []
+    tags = step_tags(checkpoint_dir)
+    kept = set(tags[-keep_last:] if keep_last > 0 else []) | {best_tag(checkpoint_dir), read_latest(checkpoint_dir)}
+    doomed = [tag for tag in tags if tag not in kept]
+    for tag in doomed:
+        shutil.rmtree(checkpoint_dir / tag)
+    return doomed
+
+
+# ---- reading -----------------------------------------------------------------------------------
+def read_latest(checkpoint_dir: Path) -> str | None:
+    """The newest complete tag, or None. `latest` only ever names a renamed-into-place folder."""
+    path = checkpoint_dir / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    return tag if (checkpoint_dir / tag / TRAINER_STATE).is_file() else None
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def load_checkpoint(engine, checkpoint: Path) -> tuple[dict, dict]:
+    """Engine state (weights, optimizer, schedule) into `engine`; returns (trainer state, this
+    rank's state). `checkpoint` is a tag folder (`best` resolves to its target)."""
+    checkpoint = checkpoint.resolve()
+    load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    if load_path is None:
+        raise ValueError(f"DeepSpeed could not load the checkpoint {checkpoint}")
+    rank_file = checkpoint / rank_state_file(distributed.rank())
+    if not rank_file.is_file():
+        raise ValueError(f"{checkpoint} has no {rank_file.name}: it was written by fewer ranks than this run has "
+                         f"({distributed.world_size()}); resume with the same launcher.nproc_per_node")
+    return read_trainer_state(checkpoint), json.loads(rank_file.read_text())
