@@ -61,6 +61,10 @@ def read_script(path: Path) -> list[dict]:
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
             raise UsageError(f"{where}: 'images' must be a list of paths")
         record["images"] = [resolve_path(i, path.parent) for i in images]
+        missing = [i for i in record["images"] if not i.startswith("base64:") and not Path(i).is_file()]
+        if missing:  # before the model loads, not rounds later
+            raise UsageError(f"{where}: image file not found: {missing[0]} (relative paths resolve against the "
+                             "script's folder, then the working directory)")
         record["where"] = where
         lines.append(record)
     return lines
@@ -170,5 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (and `python -m`): user errors exit 2 with one message, no traceback."""
     run_cli(main, user_error_types())
+
+
+if __name__ == "__main__":
+    cli()

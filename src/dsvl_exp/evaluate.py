@@ -124,5 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (and `python -m`): user errors exit 2 with one message, no traceback."""
     run_cli(main, user_error_types())
+
+
+if __name__ == "__main__":
+    cli()

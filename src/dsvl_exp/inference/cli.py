@@ -50,5 +50,6 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from dsvl_exp.data.errors import DataError
     from dsvl_exp.inference.loading import ModelPathError
     from dsvl_exp.inference.session import ChatError
+    from dsvl_exp.training.exporting import ExportError
 
-    return (DataError, ModelPathError, ChatError, UsageError, FileNotFoundError)
+    return (DataError, ModelPathError, ChatError, UsageError, ExportError, FileNotFoundError)

@@ -1,9 +1,10 @@
 """MODEL on the command line -> a loaded model with its tokenizer, template and image processor.
 
 MODEL is an export folder (it holds `config.json`) or a run directory: its `export/` when the
-run wrote one, otherwise its newest checkpoint (`checkpoints/latest`), exported once into the
-cache (`$DSVL_CACHE_DIR/exports/`, keyed by the checkpoint's path and time) and loaded from there.
-A run directory's `config.yaml` also supplies the system prompt and the image limit it trained with.
+run wrote one, otherwise its newest checkpoint (`checkpoints/latest`; a checkpoint folder works
+too), exported once into the cache (`$DSVL_CACHE_DIR/exports/`, keyed by the checkpoint's path
+and time) and loaded from there. The run's (or checkpoint's) `config.yaml` also supplies the
+system prompt and the image limit it trained with.
 """
 
 from __future__ import annotations
@@ -47,18 +48,6 @@ def cache_root() -> Path:
     return Path(os.path.expanduser(os.environ.get("DSVL_CACHE_DIR", "~/.cache/dsvl_exp")))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """`checkpoints/latest` names the newest complete checkpoint: a file holding its tag (as
-    DeepSpeed writes it), or a link / folder."""
-    latest = run_dir / "checkpoints" / "latest"
-    if latest.is_file():
-        tag = latest.read_text().strip()
-        return run_dir / "checkpoints" / tag if tag else None
-    if latest.is_dir():
-        return latest.resolve()
-    return None
-
-
 def export_checkpoint_cached(checkpoint: Path) -> Path:
     from dsvl_exp.export import export_checkpoint
 
@@ -83,27 +72,30 @@ def export_checkpoint_cached(checkpoint: Path) -> Path:
 
 
 def resolve_model_dir(model: str | Path) -> tuple[Path, Path | None]:
-    """(export folder, run directory or None)."""
+    """(export folder, the folder whose config.yaml describes the training run, or None)."""
+    from dsvl_exp.training.exporting import ExportError, resolve_checkpoint
+
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelPathError(f"MODEL {path} does not exist; give an export folder (with {CONFIG_FILE}) or a run directory")
     if (path / CONFIG_FILE).is_file():
-        run_dir = path.parent if (path.parent / RUN_CONFIG_FILE).is_file() else None
-        return path, run_dir
+        return path, path.parent if (path.parent / RUN_CONFIG_FILE).is_file() else None
     if (path / "export" / CONFIG_FILE).is_file():
         return path / "export", path
-    checkpoint = latest_checkpoint(path)
-    if checkpoint is not None and checkpoint.is_dir():
-        return export_checkpoint_cached(checkpoint), path
-    raise ModelPathError(
-        f"MODEL {path} is neither an export folder (no {CONFIG_FILE}) nor a run directory with export/{CONFIG_FILE} "
-        "or checkpoints/latest; point it at a run directory of `python -m dsvl_exp.train` or at an export folder "
-        "(`python -m dsvl_exp.export`)"
-    )
+    try:
+        checkpoint = resolve_checkpoint(path)  # a run's checkpoints/latest, or one checkpoint folder
+    except ExportError:
+        raise ModelPathError(
+            f"MODEL {path} is neither an export folder (no {CONFIG_FILE}) nor a run directory with export/{CONFIG_FILE} "
+            "or checkpoints/latest; point it at a run directory of `python -m dsvl_exp.train`, a checkpoint folder "
+            "or an export folder (`python -m dsvl_exp.export`)"
+        ) from None
+    return export_checkpoint_cached(checkpoint), checkpoint
 
 
 def run_settings(run_dir: Path | None) -> tuple[str, int]:
-    """System prompt and image limit of the training run, where its config.yaml is at hand."""
+    """System prompt and image limit of the training run, where its config.yaml is at hand (the
+    export folder does not record them)."""
     if run_dir is None or not (run_dir / RUN_CONFIG_FILE).is_file():
         return DEFAULT_SYSTEM_PROMPT, DEFAULT_MAX_IMAGES
     data = (yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text()) or {}).get("data") or {}
