@@ -83,18 +83,22 @@ def ask(driver, question: str, images: list[str] = ()) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(driver, 120, poll_frequency=0.25)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#question textarea"))  # the page renders after load
     before = len(driver.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="bot"]'))
     if images:
-        driver.find_element(By.CSS_SELECTOR, "#question input[type=file]").send_keys("\n".join(images))
+        upload = driver.find_element(By.CSS_SELECTOR, "#question input[type=file]")
+        # chromedriver appends to a `multiple` input's earlier files; a user's file dialog replaces them
+        driver.execute_script("arguments[0].value = '';", upload)
+        upload.send_keys("\n".join(images))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#question img")) == len(images))
     box = driver.find_element(By.CSS_SELECTOR, "#question textarea")
     box.send_keys(question)
     box.send_keys(Keys.ENTER)
 
-    def answered(d):
+    def answered(d):  # a new answer, and Gradio's progress trackers hidden again: the event has ended
         bots = d.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="bot"]')
-        textarea = d.find_element(By.CSS_SELECTOR, "#question textarea")
-        return len(bots) > before and textarea.is_enabled() and bots[-1].text.strip()
+        trackers = d.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="status-tracker"], #question [data-testid="status-tracker"]')
+        return len(bots) > before and all("hide" in t.get_attribute("class").split() for t in trackers) and bots[-1].text.strip()
 
     wait.until(answered)
     return driver.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="bot"]')[-1].text.strip()
