@@ -62,7 +62,7 @@ class ChatSession:
         return answer
 
     def rendered_prompt(self, question: str, new_images: list[str] | None = None) -> str:
-        """The text the model reads for this question (for `/prompt` and tests)."""
+        """The text the model reads for this question, before tokenization (BOS per round aside)."""
         conversation = self.pending(question, list(new_images or []))
         rendered = self.loaded.template.render_conversation(conversation)
         eos = self.loaded.tokenizer.eos_token
