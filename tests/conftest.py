@@ -49,3 +49,7 @@ def build_tiny_model(tokenizer, image_order="forward", seed=0, attention="causal
 @pytest.fixture()
 def tiny_model(tokenizer):
     return build_tiny_model(tokenizer)
+
+
+# One trained tiny model for the chat / evaluate / serve tests (session scope: trained once).
+from inference_fixtures import shape_pictures, trained_run  # noqa: E402,F401

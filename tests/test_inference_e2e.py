@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from inference_fixtures import chat_script_answers, entry_point_env, run_module, shape_pictures, trained_run  # noqa: F401
+from inference_fixtures import chat_script_answers, entry_point_env, run_module
 
 pytestmark = pytest.mark.slow
 

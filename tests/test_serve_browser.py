@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from inference_fixtures import chat_script_answers, entry_point_env, shape_pictures, trained_run  # noqa: F401
+from inference_fixtures import chat_script_answers, entry_point_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
