@@ -53,10 +53,10 @@ def test_evaluate_beats_majority_baseline(one_rank_eval):
 @pytest.mark.multiprocess
 def test_two_ranks_give_the_same_answers(one_rank_eval, trained_run, tmp_path):
     out, _ = one_rank_eval
-    run_module("dsvl_exp.evaluate", trained_run, "synthetic", "demo", "--out", tmp_path, "--max-new-tokens", "4",
+    # the demo suite only (8 conversations, 4 per rank): the whole synthetic suite doubles the time
+    run_module("dsvl_exp.evaluate", trained_run, "demo", "--out", tmp_path, "--max-new-tokens", "4",
                "--batch-size", "32", "--nproc-per-node", "2", cwd=tmp_path)
-    for suite in ("synthetic", "demo"):
-        assert read_rows(tmp_path / f"{suite}.jsonl") == read_rows(out / f"{suite}.jsonl")
+    assert read_rows(tmp_path / "demo.jsonl") == read_rows(out / "demo.jsonl")
 
 
 def test_chat_script_history_numbering_and_clear(trained_run, shape_pictures, tmp_path):
