@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dsvl_exp.export import export_checkpoint
+from dsvl_exp.export import main as export_main
 from dsvl_exp.models.dsvl import DSVLModel
 from helpers import REPO
 
@@ -55,11 +56,12 @@ def test_zero2_lora_export_and_checkpoint_export(zero2_lora, tmp_path):
     assert "step-00000002" in (tmp_path / "kept" / "README.md").read_text()
 
 
-def test_export_of_a_non_checkpoint_is_one_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dsvl_exp.export", str(tmp_path), "--out", str(tmp_path / "x")],
-                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "neither a run directory with checkpoints/latest nor a checkpoint folder" in result.stderr
+def test_export_of_a_non_checkpoint_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")  # a run directory's config is not a checkpoint
+    assert export_main([str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "neither a run directory with checkpoints/latest nor a checkpoint folder" in error
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

@@ -106,3 +106,14 @@ def test_every_projection_layernorm_has_the_reference_eps(tokenizer, projection)
     module = build_projection(projection, tower, 64)
     eps = {name: m.eps for name, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
     assert eps == REFERENCE_EPS[projection]
+
+
+def test_tied_decoder_weights_round_trip(tokenizer, tmp_path):
+    model = build(tokenizer)
+    model.decoder.config.tie_word_embeddings = True
+    model.decoder.tie_weights()
+    assert model.decoder.lm_head.weight is model.embed_tokens.weight
+    model.save_pretrained(tmp_path)
+    loaded = DSVLModel.from_pretrained(tmp_path)
+    assert loaded.decoder.lm_head.weight.data_ptr() == loaded.embed_tokens.weight.data_ptr()
+    assert torch.equal(logits_and_tokens(loaded, tokenizer)[1], logits_and_tokens(model, tokenizer)[1])

@@ -8,7 +8,8 @@ the reference import call them with no run config at all."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -108,11 +109,34 @@ def build_decoder_from_architecture(architecture: dict, attention: str) -> Llama
         raise ValueError(f"config.json: attention={attention!r} is not one of {ATTENTION_CHOICES}")
     model = LlamaForCausalLM._from_config(LlamaConfig.from_dict(architecture["llama_config"]), dtype=torch.float32)
     model.set_attn_implementation(ATTENTION_IMPLEMENTATIONS[attention])
+    model.tie_weights()  # a no-op unless tie_word_embeddings; under no_init_weights transformers skips it
     return model
 
 
+@contextmanager
+def unpartitioned_construction() -> Iterator[None]:
+    """Build whole (not ZeRO-3 partitioned) models even inside a process whose training run keeps
+    an HfDeepSpeedConfig alive: transformers' `_from_config` consults that process-wide flag and
+    would otherwise build empty shards (seen: export_checkpoint after a ZeRO-3 engine, every
+    parameter of shape [0]). The flag is restored afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def build_model_from_config(config: DSVLConfig, image_processor=None) -> DSVLModel:
-    """A randomly initialised model of exactly the described architecture (weights load after)."""
+    """A randomly initialised model of exactly the described architecture (weights load after);
+    never partitioned (see `unpartitioned_construction`)."""
+    with unpartitioned_construction():
+        return _build_model_from_config(config, image_processor)
+
+
+def _build_model_from_config(config: DSVLConfig, image_processor=None) -> DSVLModel:
     vision = build_vision_from_architecture(config.vision, image_processor)
     decoder = build_decoder_from_architecture(config.decoder, config.attention)
     settings = {k: v for k, v in config.projection.items() if k != "type"}

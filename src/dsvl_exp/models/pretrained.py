@@ -91,12 +91,25 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):
     # every weight is overwritten below: skip the random initialisation (minutes for a 7B decoder)
     with no_init_weights():
         model = build_model_from_config(config, processor)
-    load_torch_model(model, str(folder), strict=True, safe=True)
+    load_weights_strictly(model, folder)
     for part in config.adapters:
         load_adapters(getattr(model, part), folder / ADAPTERS_DIR / part, part)
     target = dtype if dtype is not None else config.dtype
     model.to(getattr(torch, target) if isinstance(target, str) else target)
     return model.eval()
+
+
+def load_weights_strictly(model: nn.Module, folder: Path) -> None:
+    """Every parameter gets a value and every saved tensor a parameter. The one exception is a
+    tied weight (e.g. a decoder with tie_word_embeddings): safetensors stores a shared tensor once,
+    and the model's other name for it is filled through the tie."""
+    result = load_torch_model(model, str(folder), strict=False, safe=True)
+    loaded_storage = {t.data_ptr() for k, t in model.state_dict().items() if k not in set(result.missing_keys)}
+    own = model.state_dict()
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded_storage]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder}: the weights do not fit its config.json: missing {missing[:10]} ({len(missing)}), "
+                         f"unexpected {list(result.unexpected_keys)[:10]} ({len(result.unexpected_keys)})")
 
 
 def load_adapters(module: nn.Module, folder: Path, part: str) -> None:

@@ -115,13 +115,15 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_ada
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from dsvl_exp.models.build import unpartitioned_construction
     from dsvl_exp.training.model_setup import build_model, configure_training
 
     started = time.perf_counter()
     folder = resolve_checkpoint(checkpoint_path)
     cfg = OmegaConf.load(folder / CHECKPOINT_CONFIG)
     tokenizer = instantiate(cfg.tokenizer)
-    model = build_model(cfg, tokenizer)
+    with unpartitioned_construction():
+        model = build_model(cfg, tokenizer)
     configure_training(model, cfg)  # the same LoRA layers as in training, so the keys match
     state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
     expected = model.state_dict()
