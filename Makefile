@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-quick tokenizer clean
+.PHONY: setup demo test test-quick test-browser tokenizer clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ test: setup
 
 test-quick: setup
 	$(PY) -m pytest -q -m "not slow and not multiprocess"
+
+# The web demo in headless Chromium (Debian's packages; Selenium drives it, nothing is downloaded).
+# The page's screenshot is also copied to outputs/serve_screenshot.png.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: setup
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver)
+	mkdir -p outputs
+	DSVL_SCREENSHOT=$(CURDIR)/outputs/serve_screenshot.png $(PY) -m pytest -q tests/test_serve_browser.py
 
 tokenizer: setup
 	$(PY) scripts/build_tokenizer.py

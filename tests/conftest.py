@@ -66,3 +66,7 @@ def compose_config(*overrides: str, hydra: bool = False, validate: bool = True):
     if validate and not hydra:
         validate_config(cfg)
     return cfg
+
+
+# One trained tiny model for the chat / evaluate / serve tests (session scope: trained once).
+from inference_fixtures import shape_pictures, trained_run  # noqa: E402,F401

@@ -175,6 +175,7 @@ class DSVLModel(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         synced_gpus: bool = False,
+        streamer=None,
     ) -> list[list[int]]:
         """Continue a left-padded batch of prompts; returns the new token ids of each, cut at EOS.
 
@@ -192,4 +193,5 @@ class DSVLModel(nn.Module):
             temperature=temperature,
             top_p=top_p,
             synced_gpus=synced_gpus,
+            streamer=streamer,
         )

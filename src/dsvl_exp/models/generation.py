@@ -36,8 +36,12 @@ def decode(
     temperature: float = 1.0,
     top_p: float = 1.0,
     synced_gpus: bool = False,
+    streamer=None,
 ) -> list[list[int]]:
-    """New token ids per row (EOS excluded). Rows are independent: batched == one at a time."""
+    """New token ids per row (EOS excluded). Rows are independent: batched == one at a time.
+
+    `streamer`: transformers' streamer interface (`put(next_tokens)` each step, `end()`), e.g.
+    `TextStreamer` / `TextIteratorStreamer` for a batch of one."""
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0 when sampling")
     warpers = LogitsProcessorList()
@@ -67,12 +71,16 @@ def decode(
             next_tokens = logits.argmax(dim=-1)
         next_tokens = next_tokens.masked_fill(finished, eos_token_id)
         new_tokens.append(next_tokens)
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
         finished |= next_tokens == eos_token_id
         if _all_ranks_done(bool(finished.all()), synced_gpus, device):
             break
         step_embeds = decoder.get_input_embeddings()(next_tokens)[:, None]
         step_positions = step_positions[:, -1:] + 1
         token_types = torch.cat([token_types, torch.full((batch, 1), TEXT, dtype=token_types.dtype, device=device)], dim=1)
+    if streamer is not None:
+        streamer.end()
     results = []
     for row in (torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(batch)]):
         results.append(row[: row.index(eos_token_id)] if eos_token_id in row else row)

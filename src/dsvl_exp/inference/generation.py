@@ -1,0 +1,72 @@
+"""Answer the next question of one or more conversations in one batched `generate` call.
+
+A conversation so far is a `data.conversation.Conversation` whose last round is the question to
+answer (its answer field is ignored); earlier rounds carry the answers the model sees as
+history. Prompts are tokenized with `tokenize_generation_prompt`, the function training's own
+answer-accuracy eval uses, so the rendering (system prompt on the first round, running
+`### Image k:` numbers, one BOS per round) is training's by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dsvl_exp.data.conversation import Conversation
+from dsvl_exp.data.template import ChatTemplate, tokenize_generation_prompt
+from dsvl_exp.inference.images import ImageCache
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    greedy: bool = True
+    temperature: float = 0.2
+    top_p: float = 1.0
+
+    @property
+    def do_sample(self) -> bool:
+        # temperature 0 means argmax, as in most chat front ends
+        return not self.greedy and self.temperature > 0
+
+
+def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompts):
+        input_ids[row, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, length - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def answer_batch(
+    model,
+    tokenizer,
+    template: ChatTemplate,
+    images: ImageCache,
+    conversations: list[Conversation],
+    settings: GenerationSettings,
+    streamer=None,
+) -> list[str]:
+    """The answer to the last round of every conversation (stripped text, special tokens dropped)."""
+    if not conversations:
+        return []
+    prompts = [tokenize_generation_prompt(tokenizer, template, conv, len(conv.rounds) - 1) for conv in conversations]
+    input_ids, attention_mask = left_padded(prompts, tokenizer.pad_token_id)
+    pixels = [images.pixel_values(conv.images, conv.id) for conv in conversations]
+    device = next(model.parameters()).device
+    new_ids = model.generate(
+        images=torch.cat(pixels).to(device),
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        image_num=[len(conv.images) for conv in conversations],
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        streamer=streamer,
+    )
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
