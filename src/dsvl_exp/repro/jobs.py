@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dsvl_exp.repro import manifest
+from dsvl_exp.training.rendezvous import started_by_external_launcher
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,12 @@ def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
             raise JobFailed(f"job exited with status {error.code}") from error
         raise
     finally:
-        tear_down(saved_env)
+        # Under torchrun / deepspeed the process group belongs to the launcher's ranks: the other
+        # ranks keep waiting on it for rank 0's next job (training/followers.py), so it stays.
+        tear_down(saved_env, keep_process_group=started_by_external_launcher(os.environ))
 
 
-def tear_down(saved_env: dict[str, str | None]) -> None:
+def tear_down(saved_env: dict[str, str | None], keep_process_group: bool = False) -> None:
     """Leave the process as the next job expects to find it."""
     if "wandb" in sys.modules:
         import wandb
@@ -89,7 +92,7 @@ def tear_down(saved_env: dict[str, str | None]) -> None:
     if "torch" in sys.modules:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and not keep_process_group:
             if "deepspeed.comm" in sys.modules:
                 import deepspeed.comm
 
