@@ -70,36 +70,72 @@ def _legacy_additive(causal: torch.Tensor, allowed_keys: torch.Tensor, dtype) ->
 # rows. `gather` over [batch, heads, length, dim] took 45 % of the call at 512 tokens.
 
 
+class _TakeRows(torch.autograd.Function):
+    """`source.index_select(0, rows)` whose backward copies instead of accumulating: here every
+    real position is taken at most once, and `grad_rows` sends the padding slots to a spare row.
+    The stock backward (`index_add`, a scatter-add on CPU) was 46 % of MMCA's backward at 1024."""
+
+    @staticmethod
+    def forward(ctx, source, rows, grad_rows):
+        ctx.save_for_backward(grad_rows)
+        ctx.source_rows = source.shape[0]
+        return source.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (grad_rows,) = ctx.saved_tensors
+        buffer = grad.new_zeros((ctx.source_rows + 1, grad.shape[1]))
+        return buffer.index_copy_(0, grad_rows, grad)[:-1], None, None
+
+
+def take_rows(source: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and source.requires_grad:
+        return _TakeRows.apply(source, rows, grad_rows)
+    return source.index_select(0, rows)
+
+
 @dataclass
 class Group:
-    """Some positions of every row, packed to the front. `rows` [batch * size] indexes the
-    flattened [batch * length] positions (slots past a row's count repeat some position; nothing
-    reads their results); `rank` [batch, length] is each selected position's slot."""
+    """Some positions of every row, packed to the front: `index` [batch, size] (slots past a
+    row's count, `valid` False, repeat some position; nothing reads their results), `rank`
+    [batch, length] each selected position's slot."""
 
-    index: torch.Tensor  # [batch, size], positions within the row
-    rows: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
     rank: torch.Tensor
     size: int
 
 
-def _group(selected: torch.Tensor, offset: int = 0, key_length: int | None = None) -> Group:
-    """`offset`/`key_length`: queries are the last positions of `key_length` (cached decoding);
-    `rows` then index the keys' rows, so the same group can fetch a query's own value."""
-    batch, length = selected.shape
-    size = int(selected.sum(dim=1).max().item()) if selected.numel() else 0
+def _group(selected: torch.Tensor) -> Group:
+    counts = selected.sum(dim=1, keepdim=True)
+    size = int(counts.max().item()) if selected.numel() else 0
     index = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :size]
-    rank = selected.long().cumsum(dim=1) - 1
-    row_length = length if key_length is None else key_length
-    rows = (index + offset + torch.arange(batch, device=selected.device)[:, None] * row_length).reshape(-1)
-    return Group(index=index, rows=rows, rank=rank, size=size)
+    valid = torch.arange(size, device=selected.device)[None, :] < counts
+    return Group(index=index, valid=valid, rank=selected.long().cumsum(dim=1) - 1, size=size)
+
+
+@dataclass
+class Take:
+    """Disjoint groups fetched in one `take_rows` (one gradient buffer instead of one per group)."""
+
+    rows: torch.Tensor  # [batch * sum(sizes)] into the flattened [batch * row_length] rows
+    grad_rows: torch.Tensor  # the same, with padding slots sent to the spare row
+    sizes: list[int]
+
+
+def _take_of(groups: list[Group], row_length: int, offset: int = 0) -> Take:
+    index = torch.cat([group.index for group in groups], dim=1)
+    valid = torch.cat([group.valid for group in groups], dim=1)
+    batch = index.shape[0]
+    rows = index + offset + torch.arange(batch, device=index.device)[:, None] * row_length
+    grad_rows = torch.where(valid, rows, batch * row_length)
+    return Take(rows.reshape(-1), grad_rows.reshape(-1), [group.size for group in groups])
 
 
 @dataclass
 class MaskedPart:
     """Queries of one group against the packed keys of one branch, with an additive mask."""
 
-    queries: Group
-    keys: Group
     bias: torch.Tensor  # [batch, 1, queries, keys]: 0 legal, finfo.min blocked
     has_key: torch.Tensor  # [batch, queries, 1, 1]: 0 where a query has no legal key (gets nothing)
 
@@ -108,27 +144,23 @@ class MaskedPart:
 class GatheredPlan:
     batch: int
     query_length: int
-    key_length: int
-    text_keys: Group
-    image_keys: Group
-    text_queries: Group
-    other_queries: Group  # not text: image and padding, against the text keys
-    non_image_queries: Group  # text and padding, against the image keys
-    own_values: Group  # image queries, indexing the key rows: their image branch is their own value
+    keys: Take  # text keys, then image keys
+    queries: Take  # text queries, then the others (image, padding), both against the text keys
+    non_image_queries: Take  # text and padding queries, against the image keys
+    own_values: Take | None  # cached decoding: image queries' own values (prompt: the image keys)
     text_causal: bool  # prompt pass: packed text queries x packed text keys is plain causal
     text_masked: MaskedPart | None
     other_masked: MaskedPart
     image_masked: MaskedPart
-    text_inverse: torch.Tensor  # [batch * query]: row in cat(text_queries, other_queries)
-    image_inverse: torch.Tensor  # [batch * query]: row in cat(non_image_queries, image queries)
+    text_inverse: torch.Tensor  # [batch * query]: row in cat(text queries, other queries)
+    image_inverse: torch.Tensor  # [batch * query]: row in cat(non-image queries, image queries)
 
 
 def _masked_part(queries: Group, keys: Group, offset: int, dtype) -> MaskedPart:
-    key_valid = torch.arange(keys.size, device=keys.index.device)[None, :] < (keys.rank[:, -1:] + 1)
-    allowed = (keys.index[:, None, :] <= queries.index[:, :, None] + offset) & key_valid[:, None, :]
+    allowed = (keys.index[:, None, :] <= queries.index[:, :, None] + offset) & keys.valid[:, None, :]
     zero = torch.zeros((), dtype=dtype, device=allowed.device)
     bias = torch.where(allowed, zero, torch.finfo(dtype).min)
-    return MaskedPart(queries, keys, bias[:, None], allowed.any(dim=-1)[:, :, None, None].to(dtype))
+    return MaskedPart(bias[:, None], allowed.any(dim=-1)[:, :, None, None].to(dtype))
 
 
 def _inverse(selected: torch.Tensor, first: Group, second: Group) -> torch.Tensor:
@@ -144,19 +176,15 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
     is_text, is_image = query_types == TEXT, query_types == IMAGE
     text_keys, image_keys = _group(token_types == TEXT), _group(token_types == IMAGE)
     text_queries, other_queries = _group(is_text), _group(~is_text)
-    non_image_queries = _group(~is_image)
-    image_queries = _group(is_image)
+    non_image_queries, image_queries = _group(~is_image), _group(is_image)
     text_causal = offset == 0
     return GatheredPlan(
         batch=batch,
         query_length=query_length,
-        key_length=key_length,
-        text_keys=text_keys,
-        image_keys=image_keys,
-        text_queries=text_queries,
-        other_queries=other_queries,
-        non_image_queries=non_image_queries,
-        own_values=_group(is_image, offset, key_length),
+        keys=_take_of([text_keys, image_keys], key_length),
+        queries=_take_of([text_queries, other_queries], query_length),
+        non_image_queries=_take_of([non_image_queries], query_length),
+        own_values=None if text_causal else _take_of([image_queries], key_length, offset),
         text_causal=text_causal,
         text_masked=None if text_causal else _masked_part(text_queries, text_keys, offset, dtype),
         other_masked=_masked_part(other_queries, text_keys, offset, dtype),
@@ -166,13 +194,14 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
     )
 
 
-def _take(rows: torch.Tensor, group: Group, groups: int = 1) -> torch.Tensor:
-    """rows [batch, length, heads, dim] -> [batch, group.size, heads * groups, dim] (GQA repeat)."""
+def _take(rows: torch.Tensor, take: Take, groups: int = 1) -> list[torch.Tensor]:
+    """rows [batch, length, heads, dim] -> per group [batch, size, heads * groups, dim] (GQA repeat)."""
     batch, length, heads, dim = rows.shape
-    picked = rows.reshape(batch * length, heads * dim).index_select(0, group.rows).view(batch, group.size, heads, dim)
+    total = sum(take.sizes)
+    picked = take_rows(rows.reshape(batch * length, heads * dim), take.rows, take.grad_rows).view(batch, total, heads, dim)
     if groups > 1:  # the order of transformers' repeat_kv: query head h uses key head h // groups
-        picked = picked[:, :, :, None].expand(-1, -1, -1, groups, -1).reshape(batch, group.size, heads * groups, dim)
-    return picked
+        picked = picked[:, :, :, None].expand(-1, -1, -1, groups, -1).reshape(batch, total, heads * groups, dim)
+    return list(picked.split(take.sizes, dim=1))
 
 
 def _sdpa(query_rows, key_rows, value_rows, **kwargs) -> torch.Tensor:
@@ -182,32 +211,34 @@ def _sdpa(query_rows, key_rows, value_rows, **kwargs) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, part: MaskedPart, groups: int, dropout: float, scaling) -> torch.Tensor:
-    q = _take(query, part.queries)
-    if part.keys.size == 0:
-        return q.new_zeros(q.shape)
-    out = _sdpa(q, _take(key, part.keys, groups), _take(value, part.keys, groups),
-                attn_mask=part.bias, dropout_p=dropout, scale=scaling)
-    return out * part.has_key
+def _attend(query, key, value, part: MaskedPart, dropout: float, scaling) -> torch.Tensor:
+    if query.shape[1] == 0 or key.shape[1] == 0:
+        return query.new_zeros(query.shape)
+    return _sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling) * part.has_key
 
 
 def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
     """query [batch, query_length, heads, dim], key/value [batch, key_length, kv_heads, dim] -> like query."""
+    text_key, image_key = _take(key, plan.keys, groups)
+    text_value, image_value = _take(value, plan.keys, groups)
+    text_query, other_query = _take(query, plan.queries)
+    (non_image_query,) = _take(query, plan.non_image_queries)
     if plan.text_causal:
-        text_out = _sdpa(_take(query, plan.text_queries), _take(key, plan.text_keys, groups),
-                         _take(value, plan.text_keys, groups), dropout_p=dropout, is_causal=True, scale=scaling)
+        text_out = _sdpa(text_query, text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)
+        own_value = image_value  # prompt pass: the image queries are the image keys, in order
     else:
-        text_out = _attend(query, key, value, plan.text_masked, groups, dropout, scaling)
-    other_out = _attend(query, key, value, plan.other_masked, groups, dropout, scaling)
-    non_image_out = _attend(query, key, value, plan.image_masked, groups, dropout, scaling)
-    own_value = _take(value, plan.own_values, groups)
+        text_out = _attend(text_query, text_key, text_value, plan.text_masked, dropout, scaling)
+        (own_value,) = _take(value, plan.own_values, groups)
+    other_out = _attend(other_query, text_key, text_value, plan.other_masked, dropout, scaling)
+    non_image_out = _attend(non_image_query, image_key, image_value, plan.image_masked, dropout, scaling)
     if dropout > 0.0:  # the one attention weight (1.0) of a single-key softmax, dropped out
         own_value = own_value * F.dropout(own_value.new_ones(own_value.shape[:3] + (1,)), dropout)
     batch, heads, dim = plan.batch, query.shape[2], query.shape[3]
 
     def scatter(first: torch.Tensor, second: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         both = torch.cat([first, second], dim=1).reshape(-1, heads * dim)
-        return both.index_select(0, inverse).view(batch, plan.query_length, heads, dim)
+        # every slot is read at most once; unread (padding) slots get a zero gradient
+        return take_rows(both, inverse, inverse).view(batch, plan.query_length, heads, dim)
 
     return scatter(text_out, other_out, plan.text_inverse) + scatter(non_image_out, own_value, plan.image_inverse)
 
