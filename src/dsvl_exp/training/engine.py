@@ -132,10 +132,27 @@ def build_engine(
     total_steps: int,
     warmup_steps: int,
     ds_config: dict,
+    fused: bool | None = None,
+    single_rank_fast_path: bool = False,
 ):
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    """`fused`: torch's fused AdamW kernel (None: wherever torch has one for the parameters'
+    device); `single_rank_fast_path`: one rank and ZeRO-2 without offload runs as stage 0."""
+    if single_rank_fast_path and ds_config["zero_optimization"]["stage"] == 2 and ds_config["train_batch_size"] == (
+            ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"]) and "offload_optimizer" not in ds_config["zero_optimization"]:
+        ds_config = {**ds_config, "zero_optimization": {**ds_config["zero_optimization"], "stage": 0}}
+    if fused is None:
+        fused = fused_adamw_available(groups)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
     lr_scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
     )
     return engine, lr_scheduler
+
+
+def fused_adamw_available(groups: list[dict]) -> bool:
+    """torch's fused AdamW: one kernel per parameter group instead of a dozen foreach passes."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = {p.device.type for group in groups for p in group["params"]}
+    return bool(devices) and devices <= set(_get_fused_kernels_supported_devices())
