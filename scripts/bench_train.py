@@ -105,7 +105,7 @@ def engine_step(model, batch, precision="fp32", zero_stage=None, fused=None):
         out = engine(**batch)
         engine.backward(out.loss)
         engine.step()
-        return float(out.loss)
+        return float(out.loss.detach())
     return step, engine
 
 
@@ -118,7 +118,7 @@ def bare_step(model, batch):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(out.loss)
+        return float(out.loss.detach())
     return step
 
 

@@ -143,6 +143,7 @@ def build_engine(
     if fused is None:
         fused = fused_adamw_available(groups)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+    import_deepspeed_muon_uncompiled()
     lr_scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
@@ -156,3 +157,28 @@ def fused_adamw_available(groups: list[dict]) -> bool:
 
     devices = {p.device.type for group in groups for p in group["params"]}
     return bool(devices) and devices <= set(_get_fused_kernels_supported_devices())
+
+
+def import_deepspeed_muon_uncompiled() -> None:
+    """ZeRO-1/2 import DeepSpeed's Muon module at the first gradient reduction only for an
+    isinstance check, and that module applies `torch.compile` at import, which pulls in
+    torch._inductor (~1.2 s of the smoke run's start-up, 14 s under load; BENCHMARKS.md). We never
+    run Muon (the optimizer is always torch's AdamW), so import it once with `torch.compile` as a
+    no-op: the class is the real one, its kernels merely stay eager."""
+    import sys
+
+    name = "deepspeed.runtime.zero.muon.muon_optimizer"
+    if name in sys.modules:
+        return
+    compile_function = torch.compile
+
+    def eager(model=None, **kwargs):
+        return model if model is not None else (lambda function: function)
+
+    torch.compile = eager
+    try:
+        __import__(name)
+    except ImportError:  # another DeepSpeed version without it: nothing to avoid
+        pass
+    finally:
+        torch.compile = compile_function
