@@ -18,6 +18,7 @@ Candidates, each its own copy of the same initial model, stepped in turn in one 
   after        the framework now: build_engine's choice for this world size, LM head on labels only
   zero2 / zero2_fused / stage0 / stage0_fused   the optimizer-path options, with today's loss
   after_bf16   `after` with train.precision=bf16
+  after_mmca   `after` with decoder.attention=mmca (the same weights): MMCA's cost in a step
 MFU = model FLOPs / step time / measured peak, model FLOPs = 6 x (decoder body + projection +
 trained vision parameters) x their tokens + 6 x vocab x hidden x supervised positions (the LM
 head only where there are labels) + 12 x layers x hidden x L^2 / 2 per row (causal attention
@@ -160,13 +161,14 @@ def main() -> None:
     batch = make_batch(base, preset)
     steps, engines = {}, []
     for name in args.candidates:
-        model = copy.deepcopy(base)
+        # after_mmca: the same weights (same seed) with decoder.attention=mmca
+        model = build(preset, "mmca") if name == "after_mmca" else copy.deepcopy(base)
         if name == "bare":
             steps[name] = bare_step(model, batch)
             continue
         if name in ("before", "zero2", "zero2_fused", "stage0", "stage0_fused"):
             model.forward = types.MethodType(full_logits_forward, model) if name == "before" else model.forward
-        options = {"before": dict(zero_stage=2, fused=False), "after": {}, "after_bf16": dict(precision="bf16"),
+        options = {"before": dict(zero_stage=2, fused=False), "after": {}, "after_mmca": {}, "after_bf16": dict(precision="bf16"),
                    "zero2": dict(zero_stage=2, fused=False), "zero2_fused": dict(zero_stage=2, fused=True),
                    "stage0": dict(zero_stage=0, fused=False), "stage0_fused": dict(zero_stage=0, fused=True)}[name]
         steps[name], engine = engine_step(model, batch, **options)
