@@ -132,10 +132,53 @@ def build_engine(
     total_steps: int,
     warmup_steps: int,
     ds_config: dict,
+    fused: bool | None = None,
+    single_rank_fast_path: bool = False,
 ):
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    """`fused`: torch's fused AdamW kernel (None: wherever torch has one for the parameters'
+    device); `single_rank_fast_path`: one rank and ZeRO-2 without offload runs as stage 0."""
+    if single_rank_fast_path and ds_config["zero_optimization"]["stage"] == 2 and ds_config["train_batch_size"] == (
+            ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"]) and "offload_optimizer" not in ds_config["zero_optimization"]:
+        ds_config = {**ds_config, "zero_optimization": {**ds_config["zero_optimization"], "stage": 0}}
+    if fused is None:
+        fused = fused_adamw_available(groups)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+    import_deepspeed_muon_uncompiled()
     lr_scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
     )
     return engine, lr_scheduler
+
+
+def fused_adamw_available(groups: list[dict]) -> bool:
+    """torch's fused AdamW: one kernel per parameter group instead of a dozen foreach passes."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = {p.device.type for group in groups for p in group["params"]}
+    return bool(devices) and devices <= set(_get_fused_kernels_supported_devices())
+
+
+def import_deepspeed_muon_uncompiled() -> None:
+    """ZeRO-1/2 import DeepSpeed's Muon module at the first gradient reduction only for an
+    isinstance check, and that module applies `torch.compile` at import, which pulls in
+    torch._inductor (~1.2 s of the smoke run's start-up, 14 s under load; BENCHMARKS.md). We never
+    run Muon (the optimizer is always torch's AdamW), so import it once with `torch.compile` as a
+    no-op: the class is the real one, its kernels merely stay eager."""
+    import sys
+
+    name = "deepspeed.runtime.zero.muon.muon_optimizer"
+    if name in sys.modules:
+        return
+    compile_function = torch.compile
+
+    def eager(model=None, **kwargs):
+        return model if model is not None else (lambda function: function)
+
+    torch.compile = eager
+    try:
+        __import__(name)
+    except ImportError:  # another DeepSpeed version without it: nothing to avoid
+        pass
+    finally:
+        torch.compile = compile_function

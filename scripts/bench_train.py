@@ -1,0 +1,200 @@
+"""Training-step time side by side: the framework's DeepSpeed step against a bare PyTorch loop,
+before/after the step's speed-ups, and MFU.
+
+    python scripts/bench_train.py --preset small [--repeats 5] [--candidates bare before after]
+        [--attention causal] [--json PATH]
+    python scripts/bench_train.py --preset small --candidates after zero2 zero2_fused stage0 --repeats 5
+
+Presets (built with the package's own builders, random init, everything trains):
+  tiny   the default config's model: CLIP 32 px / patch 8 (17 tokens), 64 x 2 layers; decoder
+         64 x 2 layers, the bundled tokenizer's vocab; micro batch 8 x 64 positions, 1 image each
+  small  CLIP 224 px / patch 16 (197 tokens), 256 x 4 layers; decoder 512 hidden x 8 layers,
+         1376 MLP, vocab 32,000 (~60 M parameters); micro batch 4 x 512 positions, 2 images each,
+         32 supervised positions per row (128 in all)
+
+Candidates, each its own copy of the same initial model, stepped in turn in one process:
+  bare         forward, backward, clip_grad_norm_(1.0), torch.optim.AdamW (foreach): no framework
+  before       the framework as it was: ZeRO-2 engine + torch AdamW, LM head over every position
+  after        the framework now: build_engine's choice for this world size, LM head on labels only
+  zero2 / zero2_fused / stage0 / stage0_fused   the optimizer-path options, with today's loss
+  after_bf16   `after` with train.precision=bf16
+  after_mmca   `after` with decoder.attention=mmca (the same weights): MMCA's cost in a step
+MFU = model FLOPs / step time / measured peak, model FLOPs = 6 x (decoder body + projection +
+trained vision parameters) x their tokens + 6 x vocab x hidden x supervised positions (the LM
+head only where there are labels) + 12 x layers x hidden x L^2 / 2 per row (causal attention
+scores and values, fwd + bwd). The peak is the best of 2048^3 fp32 matmuls (bf16: 512^3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import types
+
+import torch
+
+from bench_common import alternate, cpu_description, write_json
+from dsvl_exp.data.template import IGNORE_INDEX
+from dsvl_exp.models.decoder import build_llama_decoder
+from dsvl_exp.models.dsvl import DSVLModel, DSVLOutput, causal_lm_loss
+from dsvl_exp.models.projection import build_baseline_projection
+from dsvl_exp.models.vision import build_clip_vision_tower
+from dsvl_exp.training import distributed
+from dsvl_exp.training import engine as engine_module
+
+PRESETS = {
+    "tiny": dict(vision=dict(image_size=32, patch_size=8, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+                 decoder=dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), vocab=None,
+                 batch=8, length=64, images_per_row=1, supervised_per_row=16),
+    "small": dict(vision=dict(image_size=224, patch_size=16, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+                  decoder=dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376), vocab=32000,
+                  batch=4, length=512, images_per_row=2, supervised_per_row=32),
+}
+ZERO = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 500_000_000,
+        "allgather_bucket_size": 500_000_000, "offload_optimizer": "none", "offload_param": "none"}
+IMAGE_TOKEN, PAD_TOKEN, EOS_TOKEN = 3, 0, 2
+
+
+def build(preset: dict, attention: str) -> DSVLModel:
+    from dsvl_exp.models.tokenizer import load_tokenizer
+
+    vocab = preset["vocab"] or len(load_tokenizer())
+    torch.manual_seed(0)
+    vision = build_clip_vision_tower(**preset["vision"])
+    decoder = build_llama_decoder(vocab, attention=attention, max_position_embeddings=4096, **preset["decoder"])
+    projection = build_baseline_projection(vision.hidden_size, decoder.config.hidden_size)
+    return DSVLModel(vision, projection, decoder, IMAGE_TOKEN, PAD_TOKEN, EOS_TOKEN)
+
+
+def make_batch(model: DSVLModel, preset: dict) -> dict:
+    g = torch.Generator().manual_seed(0)
+    rows, images = preset["batch"], preset["images_per_row"]
+    tokens = model.tokens_per_image
+    text = preset["length"] - images * (tokens - 1)
+    vocab = model.decoder.config.vocab_size
+    input_ids = torch.randint(4, vocab, (rows, text), generator=g)
+    for k in range(images):  # images spread through the prompt
+        input_ids[:, 1 + k * (text // (2 * images))] = IMAGE_TOKEN
+    labels = input_ids.clone()
+    labels[:, : text - preset["supervised_per_row"]] = IGNORE_INDEX
+    size = preset["vision"]["image_size"]
+    return dict(images=torch.randn(rows * images, 3, size, size, generator=g), input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids), labels=labels, image_num=[images] * rows)
+
+
+def full_logits_forward(self, images, input_ids, attention_mask, labels=None, image_num=None):
+    """The forward as it was: the LM head over every position, then the loss on the labelled ones."""
+    spliced = self.splice(images, input_ids, attention_mask, image_num, labels=labels)
+    logits = self.decoder(inputs_embeds=spliced.embeds, position_ids=spliced.position_ids, use_cache=False,
+                          **self.mask_kwargs(spliced.attention_mask)).logits
+    loss, count = causal_lm_loss(logits, spliced.labels)
+    return DSVLOutput(loss=loss, logits=logits, num_supervised_tokens=count)
+
+
+def engine_step(model, batch, precision="fp32", zero_stage=None, fused=None):
+    """One candidate: (step function, engine). zero_stage/fused None: build_engine decides."""
+    zero = dict(ZERO, stage=2 if zero_stage is None else zero_stage)
+    ds_config = engine_module.deepspeed_config(zero, batch["input_ids"].shape[0], 1, 1, precision, 1.0)
+    groups = engine_module.parameter_groups(model, 1e-4, None, 0.0)
+    kwargs = {} if zero_stage is None else {"single_rank_fast_path": False}
+    if fused is not None:
+        kwargs["fused"] = fused
+    engine, _ = engine_module.build_engine(model, groups, 1e-4, [0.9, 0.95], 1e-8, "constant", 100, 0, ds_config, **kwargs)
+
+    def step():
+        out = engine(**batch)
+        engine.backward(out.loss)
+        engine.step()
+        return float(out.loss.detach())
+    return step, engine
+
+
+def bare_step(model, batch):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+
+    def step():
+        out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(out.loss.detach())
+    return step
+
+
+def model_flops(model: DSVLModel, preset: dict) -> float:
+    rows, length = preset["batch"], preset["length"]
+    decoder = model.decoder
+    hidden, layers = decoder.config.hidden_size, decoder.config.num_hidden_layers
+    body = sum(p.numel() for n, p in decoder.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    image_tokens = rows * preset["images_per_row"] * model.tokens_per_image
+    vision = sum(p.numel() for p in model.vision.parameters())
+    projection = sum(p.numel() for p in model.projection.parameters())
+    supervised = rows * preset["supervised_per_row"]
+    return (6 * body * rows * length + 6 * (vision + projection) * image_tokens
+            + 6 * decoder.config.vocab_size * hidden * supervised + 12 * layers * hidden * length**2 / 2 * rows)
+
+
+def matmul_peak(dtype, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=PRESETS, default="small")
+    parser.add_argument("--attention", default="causal")
+    parser.add_argument("--candidates", nargs="+", default=["bare", "before", "after"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    distributed.init_process_group()
+    print(cpu_description())
+    base = build(preset, args.attention)
+    batch = make_batch(base, preset)
+    steps, engines = {}, []
+    for name in args.candidates:
+        # after_mmca: the same weights (same seed) with decoder.attention=mmca
+        model = build(preset, "mmca") if name == "after_mmca" else copy.deepcopy(base)
+        if name == "bare":
+            steps[name] = bare_step(model, batch)
+            continue
+        if name in ("before", "zero2", "zero2_fused", "stage0", "stage0_fused"):
+            model.forward = types.MethodType(full_logits_forward, model) if name == "before" else model.forward
+        options = {"before": dict(zero_stage=2, fused=False), "after": {}, "after_mmca": {}, "after_bf16": dict(precision="bf16"),
+                   "zero2": dict(zero_stage=2, fused=False), "zero2_fused": dict(zero_stage=2, fused=True),
+                   "stage0": dict(zero_stage=0, fused=False), "stage0_fused": dict(zero_stage=0, fused=True)}[name]
+        steps[name], engine = engine_step(model, batch, **options)
+        engines.append(engine)
+    parameters = sum(p.numel() for p in base.parameters())
+    losses = {name: [] for name in steps}
+    recording = {name: (lambda f=f, n=name: losses[n].append(f())) for name, f in steps.items()}
+    times = alternate(recording, args.repeats, warmup=1)
+    flops = model_flops(base, preset)
+    # bf16 without AVX-512 BF16 / AMX is slow enough that 2048^3 takes minutes: 512^3 then
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, 512, 3)}
+    print(f"\npreset {args.preset}: {parameters / 1e6:.1f} M parameters, {batch['input_ids'].shape[0]} x {preset['length']} "
+          f"positions, model FLOPs/step {flops / 1e9:.1f} G; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    reference = "bare" if "bare" in times else next(iter(times))
+    print(f"{'candidate':14s} {'step s':>8s} {'x ' + reference:>10s} {'MFU':>6s}  losses (first steps)")
+    results = {}
+    for name, seconds in times.items():
+        mfu = flops / seconds / peak["bf16" if name.endswith("bf16") else "fp32"]
+        results[name] = {"step_s": seconds, "ratio": seconds / times[reference], "mfu": mfu, "losses": losses[name][:4]}
+        print(f"{name:14s} {seconds:8.3f} {seconds / times[reference]:10.3f} {mfu:6.1%}  {[round(x, 5) for x in losses[name][:4]]}")
+    if "before" in times and "after" in times:
+        print(f"after / before = {times['after'] / times['before']:.3f}")
+    write_json(args.json, f"bench_train_{args.preset}", {"args": vars(args), "parameters": parameters, "model_flops": flops,
+                                                          "peak_flops": peak, "results": results})
+
+
+if __name__ == "__main__":
+    main()
