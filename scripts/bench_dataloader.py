@@ -26,7 +26,7 @@ def step_times(setting: list[str], steps: int, env: dict) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="dsvl_loader_") as folder:
         run_dir = Path(folder) / "run"
         command = [sys.executable, "-m", "dsvl_exp.train", f"train.max_steps={steps}", "train.log_every_n_steps=5",
-                   "eval.every_n_steps=null", "eval.max_batches=1", "eval.generation=false", "train.progress_bar=false",
+                   "eval.every_n_steps=null", "eval.max_batches=1", "eval.generation=false", "eval.monitor=eval/loss", "train.progress_bar=false",
                    f"hydra.run.dir={run_dir}", *setting]
         subprocess.run(command, cwd=folder, env={**env, "WANDB_MODE": "disabled"}, check=True, capture_output=True)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ it down to this function. Each query attends with two separate softmaxes, summed
 branch's legal keys instead of masking a full [query, key] square twice: text queries against the
 text keys are plain causal attention once both are packed (the k-th text token sees text tokens
 0..k), other queries use a small mask, and an image query's image branch is its own value. At
-2048 tokens this is 0.4x the work of two masked squares (numbers in BENCHMARKS.md).
+2048 tokens this took 0.29x the time of two masked squares, 1.08x one causal SDPA call (BENCHMARKS.md).
 
 `mmca_legacy` reproduces the reference's additive masks bit for bit: there a row with no legal
 key ends up a near-uniform distribution over the keys blocked by only one of its two masks
