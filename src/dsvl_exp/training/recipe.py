@@ -56,14 +56,6 @@ from dsvl_exp.training.reporting import print_config_tree, print_parameter_table
 log = logging.getLogger(__name__)
 
 
-def check_monitor(monitor: str, generation: bool) -> None:
-    """Fail before training, not after it, when the returned metric will not exist."""
-    available = ["train/loss", "eval/loss"] + (["eval/accuracy"] if generation else [])
-    if monitor not in available:
-        raise ValueError(f"eval.monitor={monitor!r} will not be logged; choose one of {available}"
-                         + ("" if generation else " (eval/accuracy needs eval.generation=true)"))
-
-
 # ---- phases ------------------------------------------------------------------------------------
 def setup_run(run_dir: Path, checkpoint_dir: Path, resume_choice: str | None, allow_config_change: bool,
               config: dict) -> Path | None:
@@ -229,7 +221,6 @@ def save_exports(engine, tokenizer, run_dir: Path, checkpoint_dir: Path, final_s
 
 # ---- the run -----------------------------------------------------------------------------------
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    check_monitor(cfg.eval.monitor, cfg.eval.generation)
     distributed.init_process_group()
     rank_zero, world, device = distributed.is_rank_zero(), distributed.world_size(), distributed.device()
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
