@@ -62,6 +62,10 @@ def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
     rank_zero = is_rank_zero_task()
     info = hydra_info()
     saved_env = {name: os.environ.get(name) for name in RENDEZVOUS_ENV}
+    # Decided before the task runs: a single-process job sets RANK / WORLD_SIZE itself.
+    # Under torchrun / deepspeed the process group belongs to the launcher's ranks: the other
+    # ranks keep waiting on it for rank 0's next job (training/followers.py), so it stays.
+    launcher_owns_group = started_by_external_launcher(os.environ)
     if rank_zero:
         manifest.begin_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True), info)
     try:
@@ -77,9 +81,7 @@ def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
             raise JobFailed(f"job exited with status {error.code}") from error
         raise
     finally:
-        # Under torchrun / deepspeed the process group belongs to the launcher's ranks: the other
-        # ranks keep waiting on it for rank 0's next job (training/followers.py), so it stays.
-        tear_down(saved_env, keep_process_group=started_by_external_launcher(os.environ))
+        tear_down(saved_env, keep_process_group=launcher_owns_group)
 
 
 def tear_down(saved_env: dict[str, str | None], keep_process_group: bool = False) -> None:
