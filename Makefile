@@ -19,7 +19,7 @@ demo: setup
 	$(PY) -m dsvl_exp.train
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-quick: setup
 	$(PY) -m pytest -q -m "not slow and not multiprocess"

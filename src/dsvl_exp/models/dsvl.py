@@ -21,8 +21,8 @@ class DSVLOutput:
     `num_supervised_tokens`.
 
     Training runs the LM head on the supervised positions only, so full-length logits are never
-    built in a step; `logits` computes them from the kept hidden states on first access (eval of
-    logits, tests). In the `small` preset the head over all 2,048 positions was 22 % of a step
+    built in a step; `logits` computes them from the kept hidden states on first access (in
+    training mode only; in eval mode and without labels `forward` computes them). In the `small` preset the head over all 2,048 positions was 22 % of a step
     while ~128 positions carry labels (BENCHMARKS.md)."""
 
     def __init__(self, loss, logits=None, num_supervised_tokens: int = 0, hidden_states=None, lm_head=None):
@@ -188,9 +188,13 @@ class DSVLModel(nn.Module):
         ).last_hidden_state
         lm_head = self.decoder.get_output_embeddings()
         if labels is None:
-            return DSVLOutput(loss=None, hidden_states=hidden_states, lm_head=lm_head)
+            return DSVLOutput(loss=None, logits=lm_head(hidden_states))
         loss, count = supervised_lm_loss(hidden_states, lm_head, spliced.labels)
-        return DSVLOutput(loss=loss, num_supervised_tokens=count, hidden_states=hidden_states, lm_head=lm_head)
+        if self.training:  # lazy: a training step never needs them
+            return DSVLOutput(loss=loss, num_supervised_tokens=count, hidden_states=hidden_states, lm_head=lm_head)
+        # Outside training the head runs here, inside forward: under ZeRO-3 its weight is gathered
+        # only within the engine's forward, by every rank together (a later call on one rank hangs).
+        return DSVLOutput(loss=loss, logits=lm_head(hidden_states), num_supervised_tokens=count)
 
     @torch.no_grad()
     def generate(
