@@ -24,6 +24,8 @@ from pathlib import Path
 from dsvl_exp.inference.cli import (
     UsageError,
     add_generation_arguments,
+    add_model_arguments,
+    jsonl_records,
     generation_settings,
     run_cli,
     user_error_types,
@@ -35,7 +37,7 @@ HELP = "commands: /image PATH [PATH...]  /images  /clear  /quit   (anything else
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dsvl_exp.chat", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
+    add_model_arguments(parser)
     parser.add_argument("--script", metavar="FILE.jsonl", help="answer the rounds of this file, print one JSON line each")
     parser.add_argument("--max-images", type=int, default=None,
                         help="images per conversation (default: the run's data.max_images_per_sample, else 8)")
@@ -47,14 +49,7 @@ def read_script(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"--script {path}: file not found")
     lines = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+    for where, record in jsonl_records(path, UsageError):
         if not isinstance(record, dict) or not (record.get("clear") is True or isinstance(record.get("question"), str)):
             raise UsageError(f'{where}: expected {{"question": "...", "images": [...]}} or {{"clear": true}}')
         images = record.get("images", [])

@@ -19,13 +19,20 @@ import argparse
 import os
 from pathlib import Path
 
-from dsvl_exp.inference.cli import UsageError, add_generation_arguments, generation_settings, run_cli, user_error_types
+from dsvl_exp.inference.cli import (
+    UsageError,
+    add_generation_arguments,
+    add_model_arguments,
+    generation_settings,
+    run_cli,
+    user_error_types,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dsvl_exp.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
+    add_model_arguments(parser)
     parser.add_argument("suites", metavar="SUITE", nargs="+", help="synthetic | demo | FILE.json | FILE.jsonl")
     parser.add_argument("--out", default="eval_results", help="output folder (default ./eval_results)")
     parser.add_argument("--batch-size", type=int, default=16, help="conversations answered together (default 16)")

@@ -14,7 +14,13 @@ import argparse
 import os
 from threading import Thread
 
-from dsvl_exp.inference.cli import add_generation_arguments, generation_settings, run_cli, user_error_types
+from dsvl_exp.inference.cli import (
+    add_generation_arguments,
+    add_model_arguments,
+    generation_settings,
+    run_cli,
+    user_error_types,
+)
 
 TITLE = "dsvl_exp multimodal chat"
 
@@ -22,7 +28,7 @@ TITLE = "dsvl_exp multimodal chat"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dsvl_exp.serve", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-images", type=int, default=None, help="images per conversation (default: the run's limit, else 8)")

@@ -1,16 +1,36 @@
-"""Command-line pieces shared by chat, evaluate and serve: generation flags and user errors."""
+"""Command-line pieces shared by chat, evaluate and serve: model and generation flags, JSONL
+input files, user errors."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from dsvl_exp.inference.generation import GenerationSettings
 
 
 class UsageError(ValueError):
     """A wrong flag or input file named on the command line."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
+
+
+def jsonl_records(path: Path, error_type: type[Exception]) -> Iterator[tuple[str, object]]:
+    """(`file:line`, parsed value) for each non-blank line; a malformed line raises `error_type`
+    naming the line and column."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise error_type(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, greedy_default: bool = False) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.native import strip_image_tokens
+from dsvl_exp.inference.cli import jsonl_records
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,7 @@ def read_reference_json(path: Path) -> list[EvalConversation]:
 
 def read_native_suite(path: Path) -> list[EvalConversation]:
     conversations = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+    for where, record in jsonl_records(path, DataError):
         rounds_raw, images = record.get("rounds"), record.get("images", [])
         if not isinstance(rounds_raw, list) or not rounds_raw or not isinstance(images, list):
             raise DataError(f"{where}: expected {{\"images\": [...], \"rounds\": [{{\"question\": ..., \"answer\": ...}}]}}")
