@@ -39,6 +39,7 @@ from dsvl_exp.data.template import IGNORE_INDEX
 from dsvl_exp.models.decoder import build_llama_decoder
 from dsvl_exp.models.dsvl import DSVLModel, DSVLOutput, causal_lm_loss
 from dsvl_exp.models.projection import build_baseline_projection
+from dsvl_exp.models.flops import flop_counts, step_flops
 from dsvl_exp.models.vision import build_clip_vision_tower
 from dsvl_exp.training import distributed
 from dsvl_exp.training import engine as engine_module
@@ -124,16 +125,10 @@ def bare_step(model, batch):
 
 
 def model_flops(model: DSVLModel, preset: dict) -> float:
-    rows, length = preset["batch"], preset["length"]
-    decoder = model.decoder
-    hidden, layers = decoder.config.hidden_size, decoder.config.num_hidden_layers
-    body = sum(p.numel() for n, p in decoder.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
-    image_tokens = rows * preset["images_per_row"] * model.tokens_per_image
-    vision = sum(p.numel() for p in model.vision.parameters())
-    projection = sum(p.numel() for p in model.projection.parameters())
-    supervised = rows * preset["supervised_per_row"]
-    return (6 * body * rows * length + 6 * (vision + projection) * image_tokens
-            + 6 * decoder.config.vocab_size * hidden * supervised + 12 * layers * hidden * length**2 / 2 * rows)
+    rows = preset["batch"]
+    return step_flops(flop_counts(model), rows=rows, length=preset["length"],
+                      image_tokens=rows * preset["images_per_row"] * model.tokens_per_image,
+                      supervised_tokens=rows * preset["supervised_per_row"])
 
 
 def matmul_peak(dtype, size: int = 2048, repeats: int = 5) -> float:
