@@ -8,8 +8,7 @@ batch_generation and a real chat) or the suite's reference answers where it has 
 
 from __future__ import annotations
 
-import torch.distributed as dist
-
+from dsvl_exp import collectives
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.inference.generation import GenerationSettings, answer_batch
 from dsvl_exp.inference.loading import LoadedModel
@@ -65,14 +64,12 @@ def answer_sharded(
     """As `answer_conversations`, each rank taking every world-th conversation; all ranks get all
     answers back in the original order. Every rank holds the whole model: no collective runs
     during generation, so ranks may finish their shards at different times."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank, world = collectives.rank_and_world()
     if world == 1:
         return answer_conversations(loaded, conversations, settings, batch_size, history)
-    rank = dist.get_rank()
     mine = list(range(rank, len(conversations), world))
     shard = answer_conversations(loaded, [conversations[i] for i in mine], settings, batch_size, history)
-    gathered: list[list[tuple[int, list[str]]] | None] = [None] * world
-    dist.all_gather_object(gathered, list(zip(mine, shard)))
+    gathered = collectives.all_gather_objects(list(zip(mine, shard)))
     answers: list[list[str]] = [[] for _ in conversations]
     for part in gathered:
         for index, conversation_answers in part:

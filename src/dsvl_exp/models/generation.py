@@ -9,18 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from dsvl_exp import collectives
 from dsvl_exp.models.splice import TEXT
 
 
 def _all_ranks_done(done: bool, synced_gpus: bool, device) -> bool:
-    if not (synced_gpus and dist.is_available() and dist.is_initialized()):
+    if not (synced_gpus and collectives.is_distributed()):
         return done
     pending = torch.tensor(0.0 if done else 1.0, device=device)
-    dist.all_reduce(pending)
-    return pending.item() == 0.0
+    return collectives.all_reduce_(pending).item() == 0.0
 
 
 @torch.no_grad()

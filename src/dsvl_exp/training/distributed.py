@@ -1,5 +1,6 @@
 """Process-group set-up that works for one process, torchrun, the deepspeed launcher and the
-in-process launcher alike. CPU ranks use gloo, GPU ranks nccl."""
+in-process launcher alike. CPU ranks use gloo; GPU ranks `cpu:gloo,cuda:nccl` (see
+`dsvl_exp.collectives`, which every collective goes through)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import socket
 
 import torch
 import torch.distributed as dist
+
+from dsvl_exp import collectives
 
 
 def free_port() -> int:
@@ -29,17 +32,27 @@ def init_process_group() -> None:
     if dist.is_initialized():
         return
     ensure_rendezvous_env()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend=backend)
-    if backend == "gloo":
+    dist.init_process_group(backend=collectives.process_group_backend(cuda), timeout=process_group_timeout())
+    if not cuda:
         skip_cpu_shm_comm_build()
     # DeepSpeed's comm layer wraps the group now, not at initialize: zero.Init (model
     # construction under ZeRO-3) reads the world size from it before the engine exists.
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+
+
+def process_group_timeout():
+    """How long a collective waits for the slowest rank: `DSVL_COLLECTIVE_TIMEOUT_MIN` minutes
+    (default 30, torch's NCCL default is 10). Data start-up on a large mixture (reading and
+    checking records, round lengths) keeps ranks apart for minutes before the first training
+    collective, and a timeout there kills a healthy run."""
+    from datetime import timedelta
+
+    return timedelta(minutes=float(os.environ.get("DSVL_COLLECTIVE_TIMEOUT_MIN", 30)))
 
 
 def skip_cpu_shm_comm_build() -> None:
@@ -67,18 +80,8 @@ def is_rank_zero() -> bool:
     return rank() == 0
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            tensor = tensor.cuda()
-        dist.all_reduce(tensor)
-    return tensor.cpu().tolist()
-
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+all_reduce_sum = collectives.all_reduce_sum
+barrier = collectives.barrier
 
 
 def device() -> torch.device:

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dsvl_exp import collectives
 from dsvl_exp.models.pretrained import save_pretrained
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,7 @@ def export_from_engine(engine, tokenizer, out_dir: str | Path, *, keep_adapters:
         partial.rename(out)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         log.info("exported the model to %s (%.1f MB, %.1f s)", out, size / 1e6, time.perf_counter() - started)
-    if dist.is_initialized():
-        dist.barrier()
+    collectives.barrier()
     return out
 
 

@@ -7,19 +7,14 @@ If rank 0 fails, it exits non-zero and the launcher stops the other ranks."""
 
 from __future__ import annotations
 
-import torch.distributed as dist
-
+from dsvl_exp import collectives
 from dsvl_exp.training import distributed
 from dsvl_exp.training.rank import train_on_rank
 
 
 def _broadcast_from_rank_zero(job: tuple[dict, str] | None) -> tuple[dict, str] | None:
     distributed.init_process_group()
-    if dist.get_world_size() == 1:
-        return job
-    message = [job]
-    dist.broadcast_object_list(message, src=0, device=distributed.device() if dist.get_backend() == "nccl" else None)
-    return message[0]
+    return collectives.broadcast_object(job, src=0)
 
 
 def share_job(config: dict, run_dir: str) -> None:
