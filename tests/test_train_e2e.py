@@ -60,6 +60,24 @@ def test_smoke_metrics_records(smoke):
 
 
 @pytest.mark.slow
+def test_every_log_step_measures_throughput_mfu_step_split_and_memory(smoke):
+    """metrics.jsonl and the console (piped here: no bar) carry the device numbers at every log step."""
+    _, run_dir, result = smoke
+    train = [m for m in read_metrics(run_dir) if "train/loss" in m]
+    for m in train:
+        assert m["perf/tokens_per_s_per_device"] == m["perf/tokens_per_s"] > 0  # one rank
+        assert 0 < m["perf/mfu"] < 1 and 0 < m["perf/peak_memory_gib"] < 8
+        split = m["perf/data_wait_s"] + m["perf/forward_backward_s"] + m["perf/optimizer_s"]
+        assert 0 < m["perf/forward_backward_s"] and split <= m["perf/step_time_s"] * 1.01
+        assert m["train/total_steps"] == 20
+    console = result.stdout + result.stderr
+    assert re.search(r"MFU is against a peak of [\d.e+]+ TFLOP/s per device \(measured, best of 3 \d+\^3 fp32", console)
+    lines = re.findall(r"step 10/20 \| loss [\d.]+ \| lr \S+ \| tokens/s \d+ \(\d+/device\) \| MFU [\d.]+% \| "
+                       r"step [\d.]+s = data [\d.]+ \+ fwd-bwd [\d.]+ \+ opt [\d.]+ \| mem [\d.]+ GiB \| eta \d+s", console)
+    assert len(lines) == 1
+
+
+@pytest.mark.slow
 def test_run_directory_is_outputs_experiment_date_time(smoke):
     cwd, run_dir, _ = smoke
     relative = run_dir.relative_to(cwd).parts

@@ -44,12 +44,17 @@ def step_flops(counts: FlopCounts, *, rows: int, length: int, image_tokens: int,
 def flop_counts(model) -> FlopCounts:
     """The counts of a built DSVLModel (real or on the meta device)."""
     decoder = model.decoder
-    body = sum(p.numel() for n, p in decoder.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    body = sum(numel(p) for n, p in decoder.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
     return FlopCounts(
         decoder_body_params=body,
-        vision_params=sum(p.numel() for p in model.vision.parameters()),
-        projection_params=sum(p.numel() for p in model.projection.parameters()),
+        vision_params=sum(numel(p) for p in model.vision.parameters()),
+        projection_params=sum(numel(p) for p in model.projection.parameters()),
         vocab_size=decoder.config.vocab_size,
         hidden_size=decoder.config.hidden_size,
         num_layers=decoder.config.num_hidden_layers,
     )
+
+
+def numel(param) -> int:
+    """Elements of the whole parameter, also when ZeRO-3 left this rank only a partition."""
+    return getattr(param, "ds_numel", None) or param.numel()

@@ -30,7 +30,8 @@ class StopRequest:
             self.signal_name = signal.Signals(signum).name
 
     def agreed(self) -> bool:
-        """True on every rank when any rank was signalled (one scalar all-reduce per step)."""
+        """True on every rank when any rank was signalled (a scalar all-reduce; the training loop
+        instead folds this rank's flag into its one per-step read)."""
         requested = 1.0 if self.signal_name else 0.0
         if distributed.world_size() > 1:
             requested = distributed.all_reduce_sum([requested])[0]

@@ -26,12 +26,34 @@ def wandb_identity(experiment: str | None, overrides: list[str], choices: dict, 
 
 
 def progress_line(step: int, metrics: dict) -> str | None:
-    """The console / train.log line for a logged step: train numbers or eval numbers."""
+    """The console / train.log line for a logged step: train numbers or eval numbers. A piped
+    console has no progress bar, so the line carries the total and the time left."""
     if "train/loss" in metrics:
-        return (f"step {step} | loss {metrics['train/loss']:.4f} | lr {metrics['train/lr']:.2e} | "
-                f"tokens/s {metrics['perf/tokens_per_s']:.0f}")
+        total = f"/{metrics['train/total_steps']}" if "train/total_steps" in metrics else ""
+        parts = [f"step {step}{total}", f"loss {metrics['train/loss']:.4f}", f"lr {metrics['train/lr']:.2e}",
+                 f"tokens/s {metrics['perf/tokens_per_s']:.0f}"]
+        if "perf/tokens_per_s_per_device" in metrics:
+            parts[-1] += f" ({metrics['perf/tokens_per_s_per_device']:.0f}/device)"
+        if "perf/mfu" in metrics:
+            parts.append(f"MFU {metrics['perf/mfu']:.1%}")
+        if "perf/forward_backward_s" in metrics:
+            parts.append(f"step {metrics['perf/step_time_s']:.3f}s = data {metrics['perf/data_wait_s']:.3f} + "
+                         f"fwd-bwd {metrics['perf/forward_backward_s']:.3f} + opt {metrics['perf/optimizer_s']:.3f}")
+        if "perf/peak_memory_gib" in metrics:
+            parts.append(f"mem {metrics['perf/peak_memory_gib']:.2f} GiB")
+        if "perf/eta_s" in metrics:
+            parts.append(f"eta {duration(metrics['perf/eta_s'])}")
+        return " | ".join(parts)
     shown = [f"{key} {value:.4f}" for key, value in metrics.items() if key.startswith("eval/") and isinstance(value, float)]
     return f"step {step} | " + " | ".join(shown) if shown else None
+
+
+def duration(seconds: float) -> str:
+    """2h05m, 2m10s, 7s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class MetricsLogger:

@@ -33,6 +33,7 @@ from dsvl_exp.data.length import fit_to_max_seq_len, lengths_cache_path
 from dsvl_exp.data.redraw import EpochDraws
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
+from dsvl_exp.models.flops import flop_counts
 from dsvl_exp.models.freezing import count_parameters
 from dsvl_exp.repro import manifest
 from dsvl_exp.training import checkpoint as checkpoints
@@ -52,6 +53,7 @@ from dsvl_exp.training.logging import MetricsLogger
 from dsvl_exp.training.loop import BatchStream, LoopState, ResumableSampler, monitor_mode, train_loop
 from dsvl_exp.training.model_setup import build_model, configure_training
 from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
+from dsvl_exp.training.throughput import device_peak
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +295,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                  "monitor_mode": monitor_mode(cfg.eval.monitor), "world_size": world}
     save = make_saver(engine, checkpoint_dir, state, run_facts, OmegaConf.to_yaml(OmegaConf.create(config)),
                       cfg.checkpoint.keep_last)
+    peak = device_peak(device, cfg.train.precision)
+    if rank_zero:
+        log.info("MFU is against a peak of %.4g TFLOP/s per device (%s)", peak.flops_per_s / 1e12, peak.source)
     stop_request = StopRequest().install()
     try:
         finished = train_loop(
@@ -302,7 +307,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             log_every_n_steps=cfg.train.log_every_n_steps, eval_every_n_steps=cfg.eval.every_n_steps,
             eval_every_n_epochs=cfg.eval.every_n_epochs, checkpoint_every_n_steps=cfg.checkpoint.every_n_steps,
             monitor=cfg.eval.monitor, on_nonfinite=NonFiniteAction(cfg.train.on_nonfinite),
-            show_progress=cfg.train.progress_bar and rank_zero,
+            show_progress=cfg.train.progress_bar and rank_zero, flop_counts=flop_counts(model), peak=peak,
         )
     finally:
         stop_request.restore()
