@@ -25,6 +25,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_parts_fit(cfg)
     check_dataset_paths(cfg)
     check_training_settings(cfg)
+    check_precision_fits_the_machine(cfg)
     check_local_folders(cfg)
 
 
@@ -136,6 +137,20 @@ def check_training_settings(cfg: DictConfig) -> None:
     if cfg.eval.monitor not in available:
         raise ConfigError(f"eval.monitor={cfg.eval.monitor!r} will not be logged; choose one of {available}"
                           + ("" if cfg.eval.generation else " (eval/accuracy needs eval.generation=true)"))
+
+
+def check_precision_fits_the_machine(cfg: DictConfig, cuda_available: bool | None = None) -> None:
+    """fp16 trains only on a GPU (DeepSpeed's fp16 path and its loss scaler are CUDA's). Checked
+    where the ranks start: a SLURM job is composed on a login node without a GPU."""
+    if cfg.train.precision != "fp16" or cfg.launcher.kind != "local":
+        return
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        raise ConfigError("train.precision=fp16 needs a GPU and this machine has none; use train.precision=bf16 "
+                          "(or fp32) here")
 
 
 def check_local_folders(cfg: DictConfig) -> None:

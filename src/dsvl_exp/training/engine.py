@@ -49,7 +49,11 @@ def deepspeed_config(
         "gradient_clipping": gradient_clipping,
         "zero_optimization": zero_optimization,
         "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "loss_scale_window": 100},
+        # fp16: DeepSpeed's dynamic loss scaler (loss_scale 0) starts at 2^16, halves on an
+        # overflow (that step is skipped) and doubles after 100 clean steps (the reference's
+        # window); bf16 needs none.
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 100, "hysteresis": 2, "min_loss_scale": 1},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,  # the loop logs; keep DeepSpeed's own printing quiet
