@@ -1,7 +1,8 @@
 """MMCA against one causal SDPA call and against the reference's style, prompt pass, side by side.
 
     python scripts/bench_attention.py [--lengths 512 1024 2048] [--heads 32] [--head-dim 128]
-        [--images-per-512 2] [--repeats 5] [--dtype fp32] [--json PATH]
+        [--images-per-512 2] [--repeats 5] [--dtype fp32] [--device auto] [--candidates ...] [--json PATH]
+    python scripts/bench_attention.py --device cuda --dtype bf16 --lengths 2048 8192 --candidates causal mmca
 
 One layer's attention call on [1, heads, L, head_dim]; forward alone and forward + backward.
 Candidates, called in turn in one process:
@@ -59,7 +60,7 @@ def reference_style(query, key, value, types, scaling):
                 image_mask[b, j] = minimum
                 image_mask[b, j, j] = 0.0
     text_mask = torch.where(types[:, None, :] == TEXT, 0.0, minimum).expand(-1, length, -1).to(query.dtype)
-    causal = torch.full((length, length), minimum, dtype=query.dtype).triu(1)
+    causal = torch.full((length, length), minimum, dtype=query.dtype, device=query.device).triu(1)
     scores = query @ key.transpose(-1, -2) * scaling
     image_p = torch.softmax((scores + image_mask[:, None] + causal).float(), dim=-1)
     text_p = torch.softmax((scores + text_mask[:, None] + causal).float(), dim=-1)
@@ -72,7 +73,7 @@ def masked_squares(query, key, value, types, scaling):
     output = 0
     for keys in (image_keys, text_keys):
         allowed = (causal & keys)[:, None]
-        mask = torch.zeros(allowed.shape, dtype=query.dtype).masked_fill(~allowed, torch.finfo(query.dtype).min)
+        mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(~allowed, torch.finfo(query.dtype).min)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
         output = output + out * allowed.any(dim=-1, keepdim=True).to(out.dtype)
     return output.transpose(1, 2)
@@ -82,13 +83,27 @@ class Attn(torch.nn.Module):
     num_key_value_groups = 1
 
 
-def candidates_for(query, key, value, types, scaling):
-    return {
+def candidates_for(query, key, value, types, scaling, names=None):
+    """The candidates named (all by default); on a GPU each call waits for its kernels."""
+    every = {
         "causal": lambda: F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling).transpose(1, 2),
         "reference_style": lambda: reference_style(query, key, value, types, scaling),
         "masked_squares": lambda: masked_squares(query, key, value, types, scaling),
         "mmca": lambda: mmca_module.mmca_attention_forward(Attn(), query, key, value, None, scaling=scaling, mmca_token_types=types)[0],
     }
+    chosen = {name: every[name] for name in (names or every)}
+    return {name: synchronized(f, query.device) for name, f in chosen.items()}
+
+
+def synchronized(function, device):
+    if device.type != "cuda":
+        return function
+
+    def run():
+        out = function()
+        torch.cuda.synchronize(device)
+        return out
+    return run
 
 
 def with_backward(function, grad):
@@ -114,9 +129,9 @@ def inputs(length, args, requires_grad):
     # [batch, length, heads, dim] seen as [batch, heads, length, dim]: the layout LLaMA's
     # projections hand to an attention function
     shape = (1, length, args.heads, args.head_dim)
-    leaves = [torch.randn(shape, generator=g).to(dtype).requires_grad_(requires_grad) for _ in range(3)]
+    leaves = [torch.randn(shape, generator=g).to(args.device, dtype).requires_grad_(requires_grad) for _ in range(3)]
     query, key, value = (leaf.transpose(1, 2) for leaf in leaves)
-    return query, key, value, token_layout(length, args.images_per_512), 1 / math.sqrt(args.head_dim)
+    return query, key, value, token_layout(length, args.images_per_512).to(args.device), 1 / math.sqrt(args.head_dim)
 
 
 def main() -> None:
@@ -129,25 +144,33 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda[:N]")
+    parser.add_argument("--candidates", nargs="+", choices=["causal", "reference_style", "masked_squares", "mmca"],
+                        default=None, help="default: all (on a GPU at 8192 positions reference_style's row loop takes minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.memory_child:
         return peak_memory_child(args.memory_child[0], int(args.memory_child[1]), args)
 
-    print(cpu_description())
+    print(cpu_description(), torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "")
+    if args.memory and args.device.type == "cuda":
+        raise SystemExit("--memory measures peak RSS of CPU runs; leave it out with --device cuda")
     results = []
     for length in args.lengths:
         query, key, value, types, scaling = inputs(length, args, requires_grad=True)
-        candidates = candidates_for(query, key, value, types, scaling)
+        candidates = candidates_for(query, key, value, types, scaling, args.candidates)
         with torch.no_grad():
-            check = candidates["masked_squares"]()
-            error = (candidates["mmca"]() - check).abs().max().item()
+            check = candidates["masked_squares" if "masked_squares" in candidates else "causal"]()
+            # against masked_squares (the same function, other arithmetic) when it runs; else a shape check
+            error = (candidates["mmca"]() - check).abs().max().item() if "mmca" in candidates else math.nan
             forward = alternate(candidates, args.repeats)
         grad = torch.randn_like(check)
         backward = alternate({name: with_backward(f, grad) for name, f in candidates.items()}, args.repeats)
         start = time.perf_counter()
         for _ in range(args.repeats):
             mmca_module.gathered_plan(types, length, query.dtype)
+        synchronized(lambda: None, args.device)()
         plan_ms = (time.perf_counter() - start) / args.repeats * 1e3
         row = {"length": length, "image_tokens": int((types == IMAGE).sum()), "forward_s": forward,
                "forward_backward_s": backward, "plan_ms": plan_ms, "max_abs_diff_vs_masked_squares": error}
@@ -162,16 +185,18 @@ def main() -> None:
         results.append(row)
         print(f"\nL={length} ({row['image_tokens']} image tokens)  plan {plan_ms:.1f} ms  |mmca - masked_squares| {error:.1e}")
         print(f"{'':16s} {'fwd s':>8s} {'x causal':>9s} {'fwd+bwd s':>10s} {'x causal':>9s}" + ("   peak MiB" if args.memory else ""))
+        reference = "causal" if "causal" in candidates else next(iter(candidates))
         for name in candidates:
-            line = (f"{name:16s} {forward[name]:8.4f} {forward[name] / forward['causal']:9.2f} "
-                    f"{backward[name]:10.4f} {backward[name] / backward['causal']:9.2f}")
+            line = (f"{name:16s} {forward[name]:8.4f} {forward[name] / forward[reference]:9.2f} "
+                    f"{backward[name]:10.4f} {backward[name] / backward[reference]:9.2f}")
             if args.memory:
                 line += f"   {row['peak_extra_mib'][name]:8.0f}"
             print(line)
-        print(f"mmca vs reference_style: fwd {forward['reference_style'] / forward['mmca']:.2f}x faster, "
-              f"fwd+bwd {backward['reference_style'] / backward['mmca']:.2f}x; vs masked_squares fwd "
-              f"{forward['mmca'] / forward['masked_squares']:.2f}x the time")
-    write_json(args.json, "bench_attention", {"args": vars(args), "results": results})
+        if {"mmca", "reference_style", "masked_squares"} <= set(candidates):
+            print(f"mmca vs reference_style: fwd {forward['reference_style'] / forward['mmca']:.2f}x faster, "
+                  f"fwd+bwd {backward['reference_style'] / backward['mmca']:.2f}x; vs masked_squares fwd "
+                  f"{forward['mmca'] / forward['masked_squares']:.2f}x the time")
+    write_json(args.json, "bench_attention", {"args": {**vars(args), "device": str(args.device)}, "results": results})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ before/after the step's speed-ups, and MFU.
     python scripts/bench_train.py --preset small [--repeats 5] [--candidates bare before after]
         [--attention causal] [--json PATH]
     python scripts/bench_train.py --preset small --candidates after zero2 zero2_fused stage0 --repeats 5
+    python scripts/bench_train.py --preset medium --candidates after_bf16 --device cuda   # MFU on a GPU
 
 Presets (built with the package's own builders, random init, everything trains):
   tiny   the default config's model: CLIP 32 px / patch 8 (17 tokens), 64 x 2 layers; decoder
@@ -11,6 +12,8 @@ Presets (built with the package's own builders, random init, everything trains):
   small  CLIP 224 px / patch 16 (197 tokens), 256 x 4 layers; decoder 512 hidden x 8 layers,
          1376 MLP, vocab 32,000 (~60 M parameters); micro batch 4 x 512 positions, 2 images each,
          32 supervised positions per row (128 in all)
+  medium for a GPU: CLIP-L/14 at 224 px (303 M), decoder 2048 hidden x 16 layers, 5504 MLP,
+         vocab 32,000 (~0.9 B); micro batch 4 x 2048 positions, 2 images each, 128 supervised per row
 
 Candidates, each its own copy of the same initial model, stepped in turn in one process:
   bare         forward, backward, clip_grad_norm_(1.0), torch.optim.AdamW (foreach): no framework
@@ -51,6 +54,9 @@ PRESETS = {
     "small": dict(vision=dict(image_size=224, patch_size=16, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
                   decoder=dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376), vocab=32000,
                   batch=4, length=512, images_per_row=2, supervised_per_row=32),
+    "medium": dict(vision=dict(image_size=224, patch_size=14, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+                   decoder=dict(hidden_size=2048, num_layers=16, num_heads=16, intermediate_size=5504), vocab=32000,
+                   batch=4, length=2048, images_per_row=2, supervised_per_row=128),
 }
 ZERO = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 500_000_000,
         "allgather_bucket_size": 500_000_000, "offload_optimizer": "none", "offload_param": "none"}
@@ -112,6 +118,7 @@ def engine_step(model, batch, precision="fp32", zero_stage=None, fused=None):
 
 
 def bare_step(model, batch):
+    model.to(batch["input_ids"].device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
 
     def step():
@@ -147,13 +154,15 @@ def main() -> None:
     parser.add_argument("--attention", default="causal")
     parser.add_argument("--candidates", nargs="+", default=["bare", "before", "after"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu")
     parser.add_argument("--json")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     distributed.init_process_group()
-    print(cpu_description())
+    device = distributed.device() if args.device == "auto" else torch.device(args.device)
+    print(cpu_description(), torch.cuda.get_device_name(device) if device.type == "cuda" else "")
     base = build(preset, args.attention)
-    batch = make_batch(base, preset)
+    batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in make_batch(base, preset).items()}
     steps, engines = {}, []
     for name in args.candidates:
         # after_mmca: the same weights (same seed) with decoder.attention=mmca
@@ -173,8 +182,14 @@ def main() -> None:
     recording = {name: (lambda f=f, n=name: losses[n].append(f())) for name, f in steps.items()}
     times = alternate(recording, args.repeats, warmup=1)
     flops = model_flops(base, preset)
-    # bf16 without AVX-512 BF16 / AMX is slow enough that 2048^3 takes minutes: 512^3 then
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, 512, 3)}
+    if device.type == "cuda":  # the training log's peak: NVIDIA's data sheet for a known card, else measured
+        from dsvl_exp.training.throughput import device_peak
+
+        peaks = {precision: device_peak(device, precision) for precision in ("fp32", "bf16")}
+        peak = {precision: p.flops_per_s for precision, p in peaks.items()}
+        print("peaks:", {precision: p.source for precision, p in peaks.items()})
+    else:  # bf16 without AVX-512 BF16 / AMX is slow enough that 2048^3 takes minutes: 512^3 then
+        peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, 512, 3)}
     print(f"\npreset {args.preset}: {parameters / 1e6:.1f} M parameters, {batch['input_ids'].shape[0]} x {preset['length']} "
           f"positions, model FLOPs/step {flops / 1e9:.1f} G; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")

@@ -63,7 +63,7 @@ class Logger:
 
 
 def count_syncs(monkeypatch, grad_accum: int, max_steps: int, log_every_n_steps: int,
-                on_nonfinite=NonFiniteAction.stop) -> tuple[int, list]:
+                on_nonfinite=NonFiniteAction.stop, device: str = "cpu") -> tuple[int, list]:
     loader = DataLoader(list(range(16)), batch_size=2, sampler=ResumableSampler(list(range(16)), 2), collate_fn=collate)
     stream, logger = BatchStream(loader), Logger()
     stream.next = counting_pauses(stream.next)  # the loader's own tensor building is not the loop's
@@ -77,7 +77,7 @@ def count_syncs(monkeypatch, grad_accum: int, max_steps: int, log_every_n_steps:
                 reads.append(_name)
             return _original(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
-    train_loop(TinyEngine(), scheduler, stream, LoopState(), "cpu", logger, lambda step: {}, lambda step, best: None,
+    train_loop(TinyEngine(), scheduler, stream, LoopState(), device, logger, lambda step: {}, lambda step, best: None,
                StopRequest(), max_steps=max_steps, grad_accum=grad_accum, tokens_per_image=1,
                log_every_n_steps=log_every_n_steps, eval_every_n_steps=None, eval_every_n_epochs=None,
                checkpoint_every_n_steps=None, monitor="eval/loss", on_nonfinite=on_nonfinite, show_progress=False)

@@ -25,6 +25,7 @@ from dsvl_exp.inference.cli import (
     UsageError,
     add_generation_arguments,
     add_model_arguments,
+    resolve_device,
     jsonl_records,
     generation_settings,
     run_cli,
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from dsvl_exp.inference.session import ChatSession
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, max_images=args.max_images, device="cuda" if torch.cuda.is_available() else None)
+    loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device))
     session = ChatSession(loaded, settings)
     if records is not None:
         run_script(session, records)

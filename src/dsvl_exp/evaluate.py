@@ -3,6 +3,7 @@
     python -m dsvl_exp.evaluate MODEL synthetic demo                   # the shipped suites
     python -m dsvl_exp.evaluate MODEL eval_data/eval_comprehensive.json --out results/
     python -m dsvl_exp.evaluate MODEL synthetic --nproc-per-node 2      # 2 ranks started from here
+    python -m dsvl_exp.evaluate MODEL synthetic --device cpu            # auto (default): the GPU when there is one
     torchrun --nproc_per_node 2 -m dsvl_exp.evaluate MODEL synthetic    # 2 ranks started by torchrun
 
 MODEL is an export folder or a run directory. A SUITE is `synthetic`, `demo`, a reference-layout
@@ -23,6 +24,7 @@ from dsvl_exp.inference.cli import (
     UsageError,
     add_generation_arguments,
     add_model_arguments,
+    resolve_device,
     generation_settings,
     run_cli,
     user_error_types,
@@ -58,14 +60,19 @@ def evaluate_rank(options: dict, omp_threads: int | None = None) -> list[dict] |
 
     if omp_threads:
         torch.set_num_threads(omp_threads)
+    from dsvl_exp.collectives import process_group_backend
+
     world = int(os.environ.get("WORLD_SIZE", 1))
+    args = argparse.Namespace(**options)
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per rank
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend=process_group_backend(device.startswith("cuda")))
     try:
-        args = argparse.Namespace(**options)
         torch.manual_seed(args.seed)
         suites = [read_suite(spec) for spec in args.suites]
-        loaded = load_model(args.model, max_images=args.max_images)
+        loaded = load_model(args.model, max_images=args.max_images, device=device)
         conversations = [conv for suite in suites for conv in suite.conversations]
         answers = answer_sharded(loaded, conversations, generation_settings(args), args.batch_size, args.history)
         if world > 1 and dist.get_rank() != 0:
@@ -78,7 +85,8 @@ def evaluate_rank(options: dict, omp_threads: int | None = None) -> list[dict] |
         out = Path(args.out)
         write_results(out, rows_by_suite, table)
         rounds = sum(len(rows) for rows in rows_by_suite.values())
-        print(f"{rounds} rounds of {len(conversations)} conversations answered on {world} rank(s); answers in {out}/")
+        print(f"{rounds} rounds of {len(conversations)} conversations answered on {world} rank(s) ("
+              f"{'one GPU each' if world > 1 and device.startswith('cuda') else device}); answers in {out}/")
         if table:
             print(format_table(table))
         return table
@@ -115,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     generation_settings(args)
     if args.batch_size < 1 or args.nproc_per_node < 1:
         raise UsageError("--batch-size and --nproc-per-node must be at least 1")
+    resolve_device(args.device, args.nproc_per_node - 1)  # every rank's GPU exists (checked before any starts)
     from dsvl_exp.inference.loading import resolve_model_dir
     from dsvl_exp.inference.suites import read_suite
     from dsvl_exp.training.rendezvous import started_by_external_launcher

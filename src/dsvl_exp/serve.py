@@ -17,6 +17,7 @@ from threading import Thread
 from dsvl_exp.inference.cli import (
     add_generation_arguments,
     add_model_arguments,
+    resolve_device,
     generation_settings,
     run_cli,
     user_error_types,
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from dsvl_exp.inference.loading import load_model
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, max_images=args.max_images, device="cuda" if torch.cuda.is_available() else None)
+    loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device))
     demo = build_demo(loaded, settings)
     print(f"serving {loaded.source} on http://{args.host}:{args.port}", flush=True)
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=False,

@@ -18,6 +18,30 @@ class UsageError(ValueError):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
+    parser.add_argument("--device", default="auto",
+                        help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; with several ranks "
+                             "each rank takes the GPU of its local rank)")
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> str:
+    """The one device rule of chat, evaluate and serve: `auto` is this rank's GPU when CUDA is
+    available, else the CPU; `cuda` is this rank's GPU; `cuda:N` and `cpu` are taken as given."""
+    import torch
+
+    if spec not in ("auto", "cpu", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise UsageError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    cuda = torch.cuda.is_available()
+    if spec == "cpu" or (spec == "auto" and not cuda):
+        return "cpu"
+    if not cuda:
+        raise UsageError(f"--device {spec}: no GPU is visible here (torch.cuda.is_available() is false); "
+                         "use --device cpu or --device auto")
+    index = local_rank if spec in ("auto", "cuda") else int(spec[5:])
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}); rank {local_rank} cannot take cuda:{index}: start fewer ranks "
+                         "or use --device cpu")
+    return f"cuda:{index}"
 
 
 def jsonl_records(path: Path, error_type: type[Exception]) -> Iterator[tuple[str, object]]:

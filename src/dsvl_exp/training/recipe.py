@@ -113,7 +113,7 @@ def setup_model(cfg: DictConfig, tokenizer, ds_config: dict, run_dir: Path):
 def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int, image_processor,
                   max_seq_len: int | None, micro_batch_size: int, eval_batch_size: int, group_by_length: bool,
                   pad_to_multiple_of: int, num_workers: int, seed: int, cache_dir: str | None = None,
-                  redraw_each_epoch: bool = False):
+                  redraw_each_epoch: bool = False, pin_memory: bool = False):
     fitted_train, fitted_eval = (
         fit_to_max_seq_len(conversations, tokenizer, template, tokens_per_image, max_seq_len, split,
                            cache_path=lengths_cache_path(cache_dir, data.key, split, tokenizer, template, tokens_per_image)
@@ -141,9 +141,10 @@ def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int
     # The loader's own generator: iter(loader) draws a base seed, and drawing it from the global
     # RNG would make a resumed run's dropout differ from an uninterrupted one.
     train_loader = DataLoader(train_set, batch_size=micro_batch_size, sampler=ResumableSampler(sampler, micro_batch_size),
-                              collate_fn=collator, num_workers=num_workers, drop_last=True,
+                              collate_fn=collator, num_workers=num_workers, drop_last=True, pin_memory=pin_memory,
                               generator=torch.Generator().manual_seed(seed))
     eval_loader = DataLoader(eval_set, batch_size=eval_batch_size, collate_fn=collator, num_workers=num_workers,
+                             pin_memory=pin_memory,
                              sampler=DistributedSampler(eval_set, num_replicas=world, rank=rank, shuffle=False))
     if len(train_loader) == 0:
         raise ValueError(
@@ -247,6 +248,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         data, tokenizer, template, model.tokens_per_image, model.vision.image_processor, cfg.data.max_seq_len,
         cfg.train.micro_batch_size, cfg.eval.batch_size, cfg.data.group_by_length, cfg.model.pad_to_multiple_of,
         cfg.data.num_workers, cfg.seed, cfg.data.cache_dir, cfg.data.redraw_each_epoch,
+        pin_memory=device.type == "cuda",  # page-locked batches: the copy to the GPU runs asynchronously
     )
     fingerprint = data_fingerprint(data.annotation_files, train_loader.dataset.conversations,
                                    eval_loader.dataset.conversations, template, tokenizer) if rank_zero else {}
