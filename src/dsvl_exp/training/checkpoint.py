@@ -81,12 +81,9 @@ def set_rng_state(state: dict) -> None:
 # ---- writing -----------------------------------------------------------------------------------
 def parameters_finite(engine) -> bool:
     """Every rank's (partition of the) weights finite: a NaN model is never saved."""
-    bad = 0.0
-    for param in engine.module.parameters():
-        local = getattr(param, "ds_tensor", param)  # ZeRO-3: this rank's partition
-        if local.numel() and not torch.isfinite(local.detach()).all():
-            bad = 1.0
-            break
+    local = [getattr(param, "ds_tensor", param) for param in engine.module.parameters()]  # ZeRO-3: this rank's partition
+    flags = [torch.isfinite(tensor.detach()).all() for tensor in local if tensor.numel()]
+    bad = 0.0 if not flags or bool(torch.stack(flags).all()) else 1.0  # one host read, not one per parameter
     if distributed.world_size() > 1:
         bad = distributed.all_reduce_sum([bad])[0]
     return bad == 0.0

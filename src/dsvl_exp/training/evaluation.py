@@ -16,15 +16,16 @@ from dsvl_exp.training import distributed
 def evaluate_loss(engine, loader, device, max_batches: int | None = None) -> float:
     was_training = engine.training
     engine.eval()
-    total_loss, total_tokens = 0.0, 0
+    # the sum stays on the device (float64, added in order: the same bits as Python floats); one read at the end
+    total_loss, total_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     for index, batch in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
         batch = move_to(model_inputs(batch), device)
         output = engine(**batch)
-        total_loss += float(output.loss) * output.num_supervised_tokens
+        total_loss += output.loss.detach().double() * output.num_supervised_tokens
         total_tokens += output.num_supervised_tokens
-    total_loss, total_tokens = distributed.all_reduce_sum([total_loss, total_tokens])
+    total_loss, total_tokens = distributed.all_reduce_sum([total_loss.item(), total_tokens])
     if was_training:
         engine.train()
     return total_loss / total_tokens if total_tokens else math.nan
