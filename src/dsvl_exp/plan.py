@@ -76,15 +76,18 @@ def plan_one(overrides: list[str], args) -> dict:
 
 
 def run(argv: list[str]) -> None:
+    from contextlib import redirect_stdout
+
     from dsvl_exp.planning.report import plan_text, sweep_table, to_json
 
     args, overrides = parse_arguments(argv)
+    # stdout carries the plan alone (--json is read by scripts); libraries' chatter goes to stderr
+    with redirect_stdout(sys.stderr):
+        jobs = sweep_jobs(overrides) if args.multirun else [overrides]
+        rows = [(job, plan_one(job, args)) for job in jobs]
     if not args.multirun:
-        plan = plan_one(overrides, args)
-        print(to_json(plan) if args.json else plan_text(plan))
-        return
-    rows = [(job, plan_one(job, args)) for job in sweep_jobs(overrides)]
-    if args.json:
+        print(to_json(rows[0][1]) if args.json else plan_text(rows[0][1]))
+    elif args.json:
         print(to_json([{"overrides": job, **plan} for job, plan in rows]))
     else:
         print(sweep_table(rows))

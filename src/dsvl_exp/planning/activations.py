@@ -132,20 +132,22 @@ def measure(cfg: DictConfig, arch: DictConfig, tokenizer, shape: BatchShape, pre
     with open_dict(train_cfg):
         train_cfg.train.gradient_checkpointing = False
     dtype = DTYPES[precision]
-    fake_mode = FakeTensorMode()
     previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(dtype)  # what the engine's cast to 16 bits does to every floating tensor
     try:
-        with fake_mode:
+        with torch.device("meta"):  # peft cannot inject adapters under FakeTensorMode: build first
             model = build_model(probe, tokenizer)
             configure_training(model, train_cfg)
-            model.train()
-        types = token_types(shape, model.tokens_per_image)
-        plan = _fake_plan(fake_mode, types, dtype) if model.decoder.config._attn_implementation == "mmca" else None
-        with fake_mode:
-            return _forward(model, shape, dtype, fake_mode.from_tensor(types), plan), layers
     finally:
         torch.set_default_dtype(previous_dtype)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        model.to_empty(device="cpu")  # fake CPU tensors: shapes and dtypes, no storage
+        model.train()
+    types = token_types(shape, model.tokens_per_image)
+    plan = _fake_plan(fake_mode, types, dtype) if model.decoder.config._attn_implementation == "mmca" else None
+    with fake_mode:
+        return _forward(model, shape, dtype, fake_mode.from_tensor(types), plan), layers
 
 
 def _forward(model, shape: BatchShape, dtype, types: torch.Tensor, plan) -> tuple[dict, dict]:

@@ -82,18 +82,18 @@ def model_states(model: torch.nn.Module, stage: int, ranks: int, precision: str,
 
 def deepspeed_estimate(model: torch.nn.Module, stage: int, ranks: int, offload_optimizer: bool, offload_param: bool) -> int:
     """DeepSpeed's own estimate of model-state bytes per GPU (its `estimate_zero{2,3}_model_states_mem_needs`,
-    which assume every parameter trains and 16-bit weights), shown beside ours for comparison."""
+    which assume every parameter trains, 16-bit weights, and return (cpu, gpu, ...)), shown beside ours for comparison."""
     total = sum(p.numel() for p in model.parameters())
     if stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
         largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-        gpu, _, _ = estimate_zero3_model_states_mem_needs(total, largest, num_gpus_per_node=ranks, num_nodes=1,
+        _, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, num_gpus_per_node=ranks, num_nodes=1,
                                                           cpu_offload=offload_optimizer,
                                                           cpu_offload_params=offload_param, zero_init=True)
         return int(gpu)
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    gpu, _ = estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=ranks, num_nodes=1,
+    _, gpu = estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=ranks, num_nodes=1,
                                                    cpu_offload=offload_optimizer)
     return int(gpu)

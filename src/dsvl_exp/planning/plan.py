@@ -12,7 +12,7 @@ from dsvl_exp.models.freezing import resolve_trainable
 from dsvl_exp.planning.activations import BatchShape
 from dsvl_exp.planning.architecture import architecture_config, meta_model, run_vocabulary
 from dsvl_exp.planning.hardware import Gpu
-from dsvl_exp.planning.memory import memory_per_rank
+from dsvl_exp.planning.memory import ALLOCATOR_HEADROOM, memory_per_rank
 from dsvl_exp.planning.timing import epoch_time
 from dsvl_exp.planning.workload import DataProfile, data_profile, expected_batch
 
@@ -66,15 +66,16 @@ class Planner:
         return memory
 
     def largest_micro_batch(self, base: dict) -> int:
-        """Activations grow linearly with rows (per-row tensors; the rest does not change): from
-        the plan at its micro-batch and at one row more."""
+        """Every saved tensor of a step is per row (rotary tables and MMCA masks included), so
+        activations grow in proportion to the rows; the rest of the total does not change. The
+        allocator headroom scales with what it holds."""
         rows = int(self.cfg.train.micro_batch_size)
-        more = self.memory(self.cfg, rows + 1, model=self.model)
-        per_row = more["total"] - base["total"]
+        per_row = base["activations"] / rows
+        fixed = base["total"] - base["lines"]["allocator headroom"] - base["activations"]
+        room = self.gpu.memory_bytes / (1 + ALLOCATOR_HEADROOM) - fixed
         if per_row <= 0:
             return MAX_MICRO_BATCH
-        fits = math.floor((self.gpu.memory_bytes - base["total"]) / per_row) + rows
-        return max(0, min(fits, MAX_MICRO_BATCH))
+        return max(0, min(math.floor(room / per_row), MAX_MICRO_BATCH))
 
     def alternatives(self) -> list[dict]:
         """The changes that cut memory, cheapest in speed first, each with its new total."""
