@@ -132,14 +132,10 @@ def measure(cfg: DictConfig, arch: DictConfig, tokenizer, shape: BatchShape, pre
     with open_dict(train_cfg):
         train_cfg.train.gradient_checkpointing = False
     dtype = DTYPES[precision]
-    previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # what the engine's cast to 16 bits does to every floating tensor
-    try:
-        with torch.device("meta"):  # peft cannot inject adapters under FakeTensorMode: build first
-            model = build_model(probe, tokenizer)
-            configure_training(model, train_cfg)
-    finally:
-        torch.set_default_dtype(previous_dtype)
+    with torch.device("meta"):  # peft cannot inject adapters under FakeTensorMode: build first
+        model = build_model(probe, tokenizer)
+        configure_training(model, train_cfg)
+    model.to(dtype)  # as the engine casts the whole module (buffers too) for fp16 / bf16
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     with fake_mode:
         model.to_empty(device="cpu")  # fake CPU tensors: shapes and dtypes, no storage

@@ -53,7 +53,9 @@ def plan_text(plan: dict) -> str:
 
 
 def sweep_table(rows: list[tuple[list[str], dict]]) -> str:
-    """One line per job of a sweep: its overrides, the total per rank, fits, step and epoch time."""
+    """One line per job of a sweep: the overrides that differ between jobs, the total per rank, fits, step and epoch time."""
+    common = set.intersection(*(set(job) for job, _ in rows)) if rows else set()
+    rows = [([o for o in job if o not in common], plan) for job, plan in rows]  # what varies between jobs
     header = f"{'overrides':48s} {'total/rank':>12s} {'fits':>5s} {'max mb':>6s} {'step s':>8s} {'epoch':>8s}"
     lines = [header, "-" * len(header)]
     for overrides, plan in rows:
