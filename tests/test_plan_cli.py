@@ -109,3 +109,29 @@ def test_unknown_gpu_is_a_user_error(monkeypatch, capsys):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "--gpu 'A100-20GB' is not one of A100-40GB, A100-80GB, H100-80GB, H200" in error and "Traceback" not in error
+
+
+@pytest.mark.slow
+def test_epoch_time_uses_the_length_cache_a_run_wrote(tmp_path):
+    """After a run has cached its data's lengths, plan reads all of them instead of a sample."""
+    from helpers import run_train
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DSVL_CACHE_DIR": str(tmp_path / "cache")}
+    plan_command = [sys.executable, "-m", "dsvl_exp.plan", "experiment=smoke", "--json"]
+    before = subprocess.run(plan_command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert before.returncode == 0, before.stderr[-3000:]
+    assert "no length cache yet" in json.loads(before.stdout)["time"]["data"]
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.environ["DSVL_CACHE_DIR"], saved = str(tmp_path / "cache"), os.environ["DSVL_CACHE_DIR"]
+    try:
+        run_train(run_dir, "experiment=smoke", "train.max_steps=1", "eval.every_n_steps=null", "eval.generation=false",
+                  "eval.monitor=eval/loss", "checkpoint.export=false")
+    finally:
+        os.environ["DSVL_CACHE_DIR"] = saved
+    after = subprocess.run(plan_command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert after.returncode == 0, after.stderr[-3000:]
+    time = json.loads(after.stdout)["time"]
+    assert time["data"].startswith("length cache lengths-train-") and time["train_samples"] == 64  # synthetic_small
+    assert time["steps_per_epoch"] == 64 // 8
