@@ -7,11 +7,14 @@ a frozen vision tower and bf16 weights, so the partitioning rules are exercised,
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from conftest import compose_config
-from helpers import run_train
+from helpers import REPO
 from dsvl_exp.planning.architecture import meta_model, run_vocabulary
 from dsvl_exp.planning.model_states import model_states
 
@@ -27,28 +30,31 @@ def planned(stage: int, ranks: int):
     return model_states(model, stage, ranks, "bf16", False, False, int(cfg.zero.reduce_bucket_size))
 
 
-def check_against_engine(tmp_path, stage: int, ranks: int) -> None:
-    run_dir = tmp_path / f"zero{stage}_ranks{ranks}"
-    run_dir.mkdir()
-    run_train(run_dir, *ODD_TINY_RUN, f"zero={stage}", f"launcher.nproc_per_node={ranks}")
-    plan = planned(stage, ranks)
-    for rank in range(ranks):
-        engine = json.loads((run_dir / "ranks" / f"rank-{rank}.json").read_text())
-        assert engine["zero_stage"] == stage and engine["world_size"] == ranks
-        print(f"ZeRO-{stage} rank {rank}/{ranks}: engine {engine['parameter_bytes']} / {engine['master_bytes']} / "
-              f"{engine['state_bytes']} B, plan {plan.parameter_bytes} / {plan.master_bytes} / {plan.state_bytes} B")
-        assert (plan.parameter_bytes, plan.master_bytes, plan.state_bytes) == (
-            engine["parameter_bytes"], engine["master_bytes"], engine["state_bytes"])
+def check_against_engine(tmp_path, ranks: int) -> None:
+    """One multirun over zero=2,3 (one process start for both stages)."""
+    sweep_dir = tmp_path / f"ranks{ranks}"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "dsvl_exp.train", "-m", "zero=2,3", f"hydra.sweep.dir={sweep_dir}",
+               "train.progress_bar=false", *ODD_TINY_RUN, f"launcher.nproc_per_node={ranks}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for job, stage in enumerate((2, 3)):
+        plan = planned(stage, ranks)
+        for rank in range(ranks):
+            engine = json.loads((sweep_dir / str(job) / "ranks" / f"rank-{rank}.json").read_text())
+            assert engine["zero_stage"] == stage and engine["world_size"] == ranks
+            print(f"ZeRO-{stage} rank {rank}/{ranks}: engine {engine['parameter_bytes']} / {engine['master_bytes']} / "
+                  f"{engine['state_bytes']} B, plan {plan.parameter_bytes} / {plan.master_bytes} / {plan.state_bytes} B")
+            assert (plan.parameter_bytes, plan.master_bytes, plan.state_bytes) == (
+                engine["parameter_bytes"], engine["master_bytes"], engine["state_bytes"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_one_rank_model_states_equal_the_engines(tmp_path, stage):
-    check_against_engine(tmp_path, stage, 1)
+def test_one_rank_model_states_equal_the_engines(tmp_path):
+    check_against_engine(tmp_path, 1)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_rank_model_states_equal_the_engines(tmp_path, stage):
-    check_against_engine(tmp_path, stage, 2)
+def test_two_rank_model_states_equal_the_engines(tmp_path):
+    check_against_engine(tmp_path, 2)
