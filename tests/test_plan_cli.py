@@ -135,3 +135,14 @@ def test_epoch_time_uses_the_length_cache_a_run_wrote(tmp_path):
     time = json.loads(after.stdout)["time"]
     assert time["data"].startswith("length cache lengths-train-") and time["train_samples"] == 64  # synthetic_small
     assert time["steps_per_epoch"] == 64 // 8
+
+
+def test_bad_override_is_a_user_error(monkeypatch, capsys):
+    from dsvl_exp import plan
+
+    monkeypatch.setattr(sys, "argv", ["dsvl-plan", "decoder.attention=bogus"])
+    with pytest.raises(SystemExit) as exit_info:
+        plan.main()
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "decoder.attention=bogus" in error and "Traceback" not in error

@@ -96,12 +96,15 @@ def run(argv: list[str]) -> None:
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never downloads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from hydra.errors import HydraException
+
     try:
         run(sys.argv[1:])
-    except UserError as error:
+    except (UserError, HydraException) as error:  # a bad override fails composition, as for train
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"Error: {error}", file=sys.stderr)
+        cause = f" ({error.__cause__})" if isinstance(error, HydraException) and error.__cause__ else ""
+        print(f"Error: {error}{cause}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
