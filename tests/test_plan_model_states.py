@@ -27,7 +27,7 @@ ODD_TINY_RUN = ("experiment=smoke", "train.max_steps=1", "eval.every_n_steps=nul
 def planned(stage: int, ranks: int):
     cfg = compose_config(*ODD_TINY_RUN, f"zero={stage}")
     model = meta_model(cfg, run_vocabulary(cfg, None))
-    return model_states(model, stage, ranks, "bf16", False, False, int(cfg.zero.reduce_bucket_size))
+    return model_states(model, stage, ranks, "bf16", False, False)
 
 
 def check_against_engine(tmp_path, ranks: int) -> None:

@@ -1,5 +1,6 @@
-"""The cards `plan` knows: usable memory and dense 16-bit tensor-core peak (vendor datasheets,
-without sparsity). `--gpu <bytes>` names any other card by its memory."""
+"""The cards `plan` knows: memory as nvidia-smi reports it and the dense 16-bit tensor-core
+peak (vendor datasheets, SXM, without sparsity). `--gpu <bytes>` names any other card by its
+memory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from dsvl_exp.errors import UserError
 
 GIB = 1024**3
+MIB = 1024**2
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,10 @@ class Gpu:
 
 
 GPUS = {
-    "A100-40GB": Gpu("A100-40GB", 40 * GIB, 312e12),
-    "A100-80GB": Gpu("A100-80GB", 80 * GIB, 312e12),
-    "H100-80GB": Gpu("H100-80GB", 80 * GIB, 989e12),
-    "H200": Gpu("H200", 141 * GIB, 989e12),
+    "A100-40GB": Gpu("A100-40GB", 40960 * MIB, 312e12),
+    "A100-80GB": Gpu("A100-80GB", 81920 * MIB, 312e12),
+    "H100-80GB": Gpu("H100-80GB", 81559 * MIB, 989e12),
+    "H200": Gpu("H200", 143771 * MIB, 989e12),
 }
 DEFAULT_GPU = "A100-80GB"
 

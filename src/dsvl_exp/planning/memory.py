@@ -38,7 +38,7 @@ def memory_per_rank(cfg: DictConfig, arch: DictConfig, tokenizer, shape: BatchSh
     precision, zero = str(cfg.train.precision), cfg.zero
     stage = int(zero.stage)
     offload_optimizer, offload_param = str(zero.offload_optimizer) != "none", str(zero.offload_param) != "none"
-    states = model_states(model, stage, ranks, precision, offload_optimizer, offload_param, int(zero.reduce_bucket_size))
+    states = model_states(model, stage, ranks, precision, offload_optimizer, offload_param)
     activations = activation_bytes(cfg, arch, tokenizer, shape, precision, bool(cfg.train.gradient_checkpointing))
     lines = {
         "parameters": 0 if offload_param else states.parameter_bytes,

@@ -9,8 +9,8 @@ training/footprint.py reads off a real engine to the byte:
   per-parameter shards.
 - optimizer states: AdamW's two moments of the master partition, plus the 4-byte `step`
   tensor of each group.
-- gradients (not in the footprint, estimated): ZeRO-2 holds its gradient partition plus the
-  reduce bucket; ZeRO-3 its shard of the trainable gradients in the run's precision.
+- gradients (not in the footprint, estimated): each rank's partition of the trainable
+  gradients in the run's precision (the reduce bucket is planned with the communication buffers).
 
 Parameter groups are the recipe's (training/engine.py `parameter_groups`). Under ZeRO-3 the
 parameters are already partitioned (1-D) when the groups are formed, so the decay / no-decay
@@ -62,7 +62,7 @@ def zero2_partition(numels: list[int], ranks: int) -> int:
 
 
 def model_states(model: torch.nn.Module, stage: int, ranks: int, precision: str, offload_optimizer: bool,
-                 offload_param: bool, reduce_bucket_size: int) -> ModelStates:
+                 offload_param: bool) -> ModelStates:
     width = PRECISION_BYTES[precision]
     all_numels = [p.numel() for p in model.parameters()]
     groups = group_numels(model, stage)
@@ -73,7 +73,7 @@ def model_states(model: torch.nn.Module, stage: int, ranks: int, precision: str,
     else:
         parameters = sum(all_numels) * width
         partitions = [zero2_partition(numels, ranks) for numels in groups]
-        gradients = sum(partitions) * width + min(reduce_bucket_size, sum(map(sum, groups))) * width
+        gradients = sum(partitions) * width  # the reduce bucket is counted with the communication buffers
     master = sum(partitions) * FP32
     state = ADAM_MOMENTS * master + STEP_TENSOR_BYTES * len(groups)
     offloaded = (master + state if offload_optimizer else 0) + (parameters if offload_param else 0)

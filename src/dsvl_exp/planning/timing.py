@@ -1,7 +1,7 @@
 """Step and epoch time from model FLOPs (models/flops.py, the formula the training log's MFU
 uses) at an assumed MFU. No GPU figures are measured in BENCHMARKS.md yet, so the default MFU
-is a stated assumption: 40 % of the dense 16-bit peak, typical of ZeRO-2/3 LLaMA-7B training
-with gradient checkpointing on A100/H100; pass --mfu to use your own measurement."""
+is a stated assumption, 40 % of the dense 16-bit peak, not a measurement of this project; pass
+--mfu with your own (the training log prints it)."""
 
 from __future__ import annotations
 
