@@ -59,6 +59,7 @@ def test_prune_keeps_the_newest_latest_and_best(tmp_path):
     for step in (3, 6, 9, 12, 15):
         (tmp_path / checkpoints.tag_for(step)).mkdir()
         (tmp_path / checkpoints.tag_for(step) / checkpoints.TRAINER_STATE).write_text("{}")
+        checkpoints.write_complete_marker(tmp_path / checkpoints.tag_for(step), step)
     checkpoints.replace_text(tmp_path / "latest", "step-00000015")
     checkpoints.publish_best(tmp_path, "step-00000003")
     assert checkpoints.prune(tmp_path, keep_last=2) == ["step-00000006", "step-00000009"]

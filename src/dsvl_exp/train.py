@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -114,10 +115,15 @@ def run_hydra() -> None:
     try:
         with hydra_errors_raised():
             train_task()
-    except (HydraException, OmegaConfBaseException) as error:
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:  # a bad override or config file
         if TaskStarted.value:
             raise
         raise ConfigError(composition_message(error)) from error
+    except OSError as error:  # Hydra creating the run directory (hydra.run.dir names a file, say)
+        if TaskStarted.value:
+            raise
+        raise ConfigError(f"{error.filename}: {error.strerror}; Hydra could not prepare the run there. Check "
+                          "hydra.run.dir (or hydra.sweep.dir): it must be a directory you can write") from error
 
 
 def composition_message(error: BaseException) -> str:

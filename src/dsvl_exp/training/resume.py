@@ -112,6 +112,24 @@ def flatten(node, prefix: str = "") -> dict:
     return flat
 
 
+# Keys the saved weights and optimizer shards are laid out for: a checkpoint cannot load into a run
+# that changes them, resume.allow_config_change or not.
+LOAD_BEARING_KEYS = ("vision", "decoder", "projection", "lora", "zero.stage", "train.vision", "train.projection",
+                     "train.embeddings", "train.decoder", "train.precision")
+
+
+def load_bearing(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in LOAD_BEARING_KEYS)
+
+
+def check_world_size(trainer_state: dict, world_size: int, checkpoint: Path) -> None:
+    saved = trainer_state.get("world_size")
+    if saved is not None and saved != world_size:
+        raise ResumeError(f"checkpoint {checkpoint} was written by {saved} rank(s) and this run has {world_size}: its "
+                          "ZeRO shards cannot load into another world size. Resume with the same number of ranks "
+                          f"(launcher.nproc_per_node={saved}, or the same torchrun / deepspeed launch)")
+
+
 def changeable(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in CHANGEABLE_KEYS)
 
@@ -128,6 +146,13 @@ def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: boo
     if not differences:
         return
     before, after = flatten(saved), flatten(current)
+    structural = [k for k in differences if load_bearing(k)]
+    if structural:
+        changes = "; ".join(f"{k}: {before.get(k, '<absent>')} -> {after.get(k, '<absent>')}" for k in structural)
+        raise ResumeError(
+            f"checkpoint {checkpoint} cannot load into this run: {changes}. These keys decide the shapes and layout "
+            "of the saved weights and optimizer state (resume.allow_config_change does not cover them); resume with "
+            "the checkpoint's values, or start a fresh run in a new hydra.run.dir")
     listing = "; ".join(f"{k}: {before.get(k, '<absent>')} -> {after.get(k, '<absent>')}" for k in differences)
     if allow:
         log.warning("resuming with a changed config (resume.allow_config_change=true): %s", listing)
