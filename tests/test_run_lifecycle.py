@@ -165,16 +165,19 @@ def test_a_second_run_in_a_busy_run_directory_is_refused_and_the_first_goes_on(t
     import time
 
     run_dir = tmp_path / "run"
+    # long enough to be still training while the second runs are refused; killed before its end
+    busy_run = ("experiment=smoke", "checkpoint.every_n_steps=2", "checkpoint.keep_last=1", "eval.every_n_steps=100000",
+                "train.log_every_n_steps=1")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen([sys.executable, "-m", "dsvl_exp.train", f"hydra.run.dir={run_dir}", "train.progress_bar=false",
-                              *RUN, "train.max_steps=400"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              *busy_run, "train.max_steps=100000"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoints" / "latest").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         for extra in ((), ("resume=auto",)):
-            second = train(run_dir, *RUN, "train.max_steps=400", *extra)
+            second = train(run_dir, *busy_run, "train.max_steps=100000", *extra)
             assert second.returncode == 2, second.stderr[-3000:]
             assert f"is in use by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
         assert first.poll() is None  # untouched, still training
@@ -182,9 +185,10 @@ def test_a_second_run_in_a_busy_run_directory_is_refused_and_the_first_goes_on(t
         first.wait(timeout=60)
     finally:
         first.kill()
-    steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
-    assert steps == sorted(set(steps))  # each step logged once
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()  # the last one may be cut by the kill
+    steps = [json.loads(line)["step"] for line in lines if line.endswith("}") and "train/loss" in line]
+    assert steps and steps == sorted(set(steps))  # each step logged once
     saved_step = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step-"))
-    resumed = train(run_dir, *RUN, f"train.max_steps={saved_step + 1}", "resume=auto")
+    resumed = train(run_dir, *busy_run, f"train.max_steps={saved_step + 1}", "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"took over the lock of pid {first.pid}" in resumed.stdout + resumed.stderr
