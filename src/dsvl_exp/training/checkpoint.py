@@ -171,13 +171,17 @@ def raise_if_any_rank_failed(error: OSError | None, checkpoint_dir: Path, stagin
     if distributed.is_rank_zero():
         shutil.rmtree(staging, ignore_errors=True)
     previous = read_latest(checkpoint_dir)
-    reason = (f"{error.strerror or error} ({errno.errorcode.get(error.errno, error.errno)}: {error.filename})"
-              if error is not None else "another rank failed to write its part")
+    if error is None:
+        reason = "another rank failed to write its part"
+    elif error.errno is None:
+        reason = str(error)
+    else:
+        reason = f"{error.strerror} ({errno.errorcode.get(error.errno, error.errno)}: {error.filename})"
     kept = (f"the previous checkpoint {checkpoint_dir / previous} is intact" if previous
             else "no earlier checkpoint exists")
     raise CheckpointError(f"could not write checkpoint {tag} in {checkpoint_dir}: {reason}. Nothing partial was "
                           f"left behind and {kept}. Free space (or fix the file system), then continue with "
-                          "resume=auto")
+                          "resume=auto") from error
 
 
 def copy_folder(source: Path, target: Path) -> None:
