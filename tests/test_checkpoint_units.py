@@ -59,6 +59,7 @@ def test_prune_keeps_the_newest_latest_and_best(tmp_path):
     for step in (3, 6, 9, 12, 15):
         (tmp_path / checkpoints.tag_for(step)).mkdir()
         (tmp_path / checkpoints.tag_for(step) / checkpoints.TRAINER_STATE).write_text("{}")
+        checkpoints.write_complete_marker(tmp_path / checkpoints.tag_for(step), step)
     checkpoints.replace_text(tmp_path / "latest", "step-00000015")
     checkpoints.publish_best(tmp_path, "step-00000003")
     assert checkpoints.prune(tmp_path, keep_last=2) == ["step-00000006", "step-00000009"]
@@ -212,8 +213,9 @@ first.checkpoint_engine.save = failing_save
 try:
     checkpoints.save_checkpoint(first, root, 2, {"step": 2}, {"rank": 0}, "a: 1\\n")
     failed = False
-except OSError:
-    failed = True
+except checkpoints.CheckpointError as error:  # the OSError, as one message naming the intact checkpoint
+    failed = "disk full (simulated)" in str(error) and "step-00000001 is intact" in str(error)
+staging_after_failure = sorted(p.name for p in root.glob(".staging-*"))
 second = engine()
 trainer_state, rank_state = checkpoints.load_checkpoint(second, root / checkpoints.read_latest(root))
 first.checkpoint_engine.save = real_save
@@ -221,7 +223,8 @@ checkpoints.save_checkpoint(first, root, 2, {"step": 2}, {"rank": 0}, "a: 1\\n")
 print(json.dumps({"failed": failed, "calls": len(calls), "state": trainer_state,
                   "restored": torch.equal(second.module.weight, saved_weight),
                   "latest_after_retry": checkpoints.read_latest(root),
-                  "staging_after_retry": sorted(p.name for p in root.glob(".staging-*"))}))
+                  "staging_after_retry": sorted(p.name for p in root.glob(".staging-*")),
+                  "staging_after_failure": staging_after_failure}))
 """
 
 
@@ -238,6 +241,7 @@ def test_a_save_failing_half_way_leaves_the_previous_checkpoint_and_latest(tmp_p
     assert report["failed"] and report["calls"] == 2
     assert report["state"] == {"step": 1} and report["restored"]  # `latest` still named step 1, and it loads
     assert report["latest_after_retry"] == "step-00000002" and report["staging_after_retry"] == []
+    assert report["staging_after_failure"] == []
 
 
 def test_nonfinite_weights_are_detected_before_a_save():

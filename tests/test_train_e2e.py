@@ -121,21 +121,21 @@ def test_wandb_identity_of_multirun_jobs():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["+optim.lrr=1"], r"^Error: unknown config key\(s\): optim\.lrr \(did you mean optim\.lr\?\)"),
-    (["vision=qwen", "projection=vit"], r"^Error: vision=qwen cannot be followed by projection=vit"),
-    (["data=native", "data.train.0.path=t.jsonl"], r"^Error: data\.eval\.0\.path is not set: .*data\.eval=\[\]"),
+    (["+optim.lrr=1"], r"^error: unknown config key\(s\): optim\.lrr \(did you mean optim\.lr\?\)"),
+    (["vision=qwen", "projection=vit"], r"^error: vision=qwen cannot be followed by projection=vit"),
+    (["data=native", "data.train.0.path=t.jsonl"], r"^error: data\.eval\.0\.path is not set: .*data\.eval=\[\]"),
 ])
 def test_user_errors_print_one_paragraph_and_exit_non_zero(tmp_path, overrides, message):
     result = entry_point(tmp_path, *overrides, "hydra.run.dir=run")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert re.match(message, result.stderr) and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert "[ERROR] - " + result.stderr[len("Error: "):].strip() in (tmp_path / "run" / "train.log").read_text()
+    assert "[ERROR] - " + result.stderr[len("error: "):].strip() in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path):
     result = entry_point(tmp_path, "+optim.lrr=1", env={"HYDRA_FULL_ERROR": "1"})
-    assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigError: unknown config key" in result.stderr
+    assert result.returncode == 2 and "Traceback" in result.stderr and "ConfigError: unknown config key" in result.stderr
 
 
 @pytest.mark.slow
@@ -143,8 +143,8 @@ def test_bad_data_fails_before_training_with_a_clear_message(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": "s1", "images": ["missing.png"], "rounds": [{"question": "<image>\\nq", "answer": "a"}]}\n')
     result = entry_point(tmp_path, "data=native", f"data.train.0.path={data}", "data.eval=[]", "hydra.run.dir=run")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert re.match(r"^Error: .*d\.jsonl:1: image file not found: .*missing\.png", result.stderr), result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.match(r"^error: .*d\.jsonl:1: image file not found: .*missing\.png", result.stderr), result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

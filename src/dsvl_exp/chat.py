@@ -21,6 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from dsvl_exp.console import run_command
 from dsvl_exp.inference.cli import (
     UsageError,
     add_generation_arguments,
@@ -28,8 +29,6 @@ from dsvl_exp.inference.cli import (
     resolve_device,
     jsonl_records,
     generation_settings,
-    run_cli,
-    user_error_types,
 )
 
 HELP = "commands: /image PATH [PATH...]  /images  /clear  /quit   (anything else is a question)"
@@ -171,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The console script (and `python -m`): user errors exit 2 with one message, no traceback."""
-    run_cli(main, user_error_types())
+    """The console script (and `python -m`); exit statuses in dsvl_exp/console.py."""
+    run_command(main)
 
 
 if __name__ == "__main__":

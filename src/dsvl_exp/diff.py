@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dsvl_exp.console import EXIT_DIFFERS, EXIT_OK, run_command
 from dsvl_exp.repro.compare import DEFAULT_TOLERANCE, DIFFERS, RunError, compare_runs, load_run, multirun_jobs
 from dsvl_exp.repro.render import print_rich, to_json, to_markdown
 
@@ -46,22 +47,18 @@ def comparisons_for(paths: list[Path], tolerance: float) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    try:
-        comparisons = comparisons_for(arguments.runs, arguments.tolerance)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    comparisons = comparisons_for(arguments.runs, arguments.tolerance)
     if arguments.format == "markdown":
         sys.stdout.write(to_markdown(comparisons))
     elif arguments.format == "json":
         sys.stdout.write(to_json(comparisons))
     else:
         print_rich(comparisons)
-    return 1 if any(c.verdict == DIFFERS for c in comparisons) else 0
+    return EXIT_DIFFERS if any(c.verdict == DIFFERS for c in comparisons) else EXIT_OK
 
 
 def console_main() -> None:
-    sys.exit(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

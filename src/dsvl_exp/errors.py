@@ -12,3 +12,12 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config that composed but cannot run (keys that contradict each other, a missing value)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named that is not there; the message says what would create it."""
+
+
+class BadFileError(UserError, ValueError):
+    """A file that is there but cannot be used as given (another kind, a newer format, weights that
+    do not fit its config); the message names it."""

@@ -20,14 +20,13 @@ import argparse
 import os
 from pathlib import Path
 
+from dsvl_exp.console import run_command
 from dsvl_exp.inference.cli import (
     UsageError,
     add_generation_arguments,
     add_model_arguments,
     resolve_device,
     generation_settings,
-    run_cli,
-    user_error_types,
 )
 
 
@@ -141,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The console script (and `python -m`): user errors exit 2 with one message, no traceback."""
-    run_cli(main, user_error_types())
+    """The console script (and `python -m`); exit statuses in dsvl_exp/console.py."""
+    run_command(main)
 
 
 if __name__ == "__main__":

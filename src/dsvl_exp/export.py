@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from dsvl_exp.training.exporting import ExportError, export_checkpoint
+from dsvl_exp.console import exit_status
+from dsvl_exp.errors import UserError
 
 __all__ = ["export_checkpoint", "main"]
 
@@ -50,7 +52,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def __getattr__(name: str):
+    # `from dsvl_exp.export import export_checkpoint` keeps working; `--help` does not import torch.
+    if name == "export_checkpoint":
+        from dsvl_exp.training.exporting import export_checkpoint
+
+        return export_checkpoint
+    raise AttributeError(name)
+
+
+def check_reference_paths(args: argparse.Namespace) -> None:
+    """Missing inputs named before any model is loaded (transformers' own error is a traceback)."""
+    for flag, value in (("--from-dsvl", args.from_dsvl), ("--vision", args.vision), ("--decoder", args.decoder),
+                        ("--tokenizer", args.tokenizer)):
+        if value is not None and not Path(value).exists():
+            raise UserError(f"{flag} {value}: no such file or directory (these are local paths: download the "
+                            "model first, e.g. with `huggingface-cli download`)")
+
+
 def import_reference(args: argparse.Namespace) -> None:
+    check_reference_paths(args)
     from dsvl_exp.models.pretrained import save_pretrained
     from dsvl_exp.models.reference_import import import_reference_checkpoint
     from dsvl_exp.models.tokenizer import load_tokenizer
@@ -64,19 +85,22 @@ def import_reference(args: argparse.Namespace) -> None:
     save_pretrained(model, args.out, tokenizer=tokenizer, training_summary=summary)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def export(argv: list[str]) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.from_dsvl:
-            import_reference(args)
-        else:
-            export_checkpoint(args.source, args.out, keep_adapters=args.keep_adapters)
-    except (ExportError, ValueError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.from_dsvl:
+        import_reference(args)
+    else:
+        from dsvl_exp.training.exporting import export_checkpoint
+
+        export_checkpoint(args.source, args.out, keep_adapters=args.keep_adapters)
     print(f"exported to {args.out}: load with DSVLModel.from_pretrained({args.out!r})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: the exit status of dsvl_exp/console.py (user errors 2, one message)."""
+    return exit_status(lambda: export(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dsvl_exp.console import EXIT_DIFFERS, EXIT_OK, run_command
 from dsvl_exp.repro import environment
 from dsvl_exp.repro.compare import DIFFERS, RunError, compare_runs, load_run
 from dsvl_exp.repro.render import print_rich, to_json, to_markdown
@@ -95,15 +96,10 @@ def world_size_note(manifest: dict) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    try:
-        original = load_run(arguments.run_dir)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    original = load_run(arguments.run_dir)
     manifest = original.manifest
     if not (manifest.get("hydra") or {}).get("overrides") and manifest.get("hydra") is None:
-        print(f"error: {arguments.run_dir}: the manifest has no Hydra section to re-run from", file=sys.stderr)
-        return 2
+        raise RunError(f"{arguments.run_dir}: the manifest has no Hydra section to re-run from")
     for warning in drift_warnings(manifest, arguments.run_dir):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     if (note := world_size_note(manifest)) is not None:
@@ -116,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # the run's own console output goes to stderr: stdout carries only the comparison
     result = subprocess.run(command, cwd=cwd, env=replay_env(manifest), stdout=sys.stderr)
     if result.returncode != 0:
-        print(f"error: the re-run exited with status {result.returncode}; its log is in {out}", file=sys.stderr)
-        return 2
+        raise RunError(f"the re-run exited with status {result.returncode}; its log is in {out}")
     comparison = compare_runs(original, load_run(out))
     if arguments.format == "markdown":
         sys.stdout.write(to_markdown([comparison]))
@@ -125,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(to_json([comparison]))
     else:
         print_rich([comparison])
-    return 1 if comparison.verdict == DIFFERS else 0
+    return EXIT_DIFFERS if comparison.verdict == DIFFERS else EXIT_OK
 
 
 def console_main() -> None:
-    sys.exit(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

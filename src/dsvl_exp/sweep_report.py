@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dsvl_exp.console import run_command
 from dsvl_exp.repro.report import to_markdown, write_report
 
 
@@ -22,18 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: the sweep dir)")
     arguments = parser.parse_args(argv)
-    try:
-        report, written = write_report(arguments.sweep_dir, arguments.out)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report, written = write_report(arguments.sweep_dir, arguments.out)
     sys.stdout.write(to_markdown(report))
     print("\nwrote: " + ", ".join(str(path) for path in written))
     return 0
 
 
 def console_main() -> None:
-    sys.exit(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -13,39 +13,46 @@
 The config is composed once, in one process, and checked before anything is built; the run
 directory is Hydra's output directory and all ranks share it (training/launch.py). The task
 returns the monitored eval metric (eval.monitor) so sweepers can optimise it. A user error
-(config, data, files) ends the run with its one-paragraph message and exit status 1; the
-traceback only with HYDRA_FULL_ERROR=1.
+(config, data, files) ends the run with its one-paragraph message and exit status 2; the
+traceback only with HYDRA_FULL_ERROR=1 (dsvl_exp/console.py lists the exit statuses).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from dsvl_exp.config.overrides import quote_numeric_group_choices, resume_shorthand
 from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.config.validation import validate_config
-from dsvl_exp.errors import UserError
+from dsvl_exp.console import EXIT_USER_ERROR, hydra_errors_raised, report_user_error, run_command
+from dsvl_exp.errors import ConfigError, UserError
 from dsvl_exp.repro.sweeps import register_sweep_resolvers
 from dsvl_exp.training import rendezvous
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-USER_ERROR_EXIT_STATUS = 1
 
-log = logging.getLogger("dsvl_exp.train")
 
 register_configs()
 register_resolvers()
 register_sweep_resolvers()  # ${dsvl_direction:...} for the Optuna sweeper
+
+
+class TaskStarted:
+    """Set once Hydra has composed the config: a Hydra / OmegaConf error before it is the user's."""
+    value = False
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -53,21 +60,35 @@ def train_task(cfg: DictConfig) -> float:
     """The Hydra task (one per multirun job): check the config, name the run, start the ranks."""
     from dsvl_exp.repro.jobs import run_job  # manifest.json; a failed job is recorded, the next starts clean
 
-    return run_job(cfg, Path(HydraConfig.get().runtime.output_dir), lambda: checked_task(cfg))
+    from dsvl_exp.repro.jobs import is_rank_zero_task
+    from dsvl_exp.training.run_lock import hold_run_dir
+
+    TaskStarted.value = True
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    def locked_job() -> float:  # nothing is written to the run directory before the lock is held
+        with hold_run_dir(run_dir, enabled=is_rank_zero_task()):
+            return run_job(cfg, run_dir, lambda: exit_on_user_error(lambda: checked_task(cfg)))
+
+    return exit_on_user_error(locked_job)
 
 
 def checked_task(cfg: DictConfig) -> float:
-    try:
-        validate_config(cfg)
-        name_wandb_run(cfg, HydraConfig.get())
-        from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
+    validate_config(cfg)
+    name_wandb_run(cfg, HydraConfig.get())
+    from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
 
-        return launch_ranks(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return launch_ranks(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def exit_on_user_error(call: Callable[[], float]) -> float:
+    """A user error ends the job here, inside Hydra's task, as the runner would end it: Hydra would
+    otherwise print its own lines around the message (and the job's manifest records it)."""
+    try:
+        return call()
     except UserError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         report_user_error(error)
-        raise SystemExit(USER_ERROR_EXIT_STATUS) from None
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 def name_wandb_run(cfg: DictConfig, hydra_config) -> None:
@@ -88,31 +109,57 @@ def name_wandb_run(cfg: DictConfig, hydra_config) -> None:
     wandb.tags = [*identity["tags"], *(tag for tag in wandb.tags if tag not in identity["tags"])]
 
 
-def report_user_error(error: UserError) -> None:
-    """The message alone on stderr, and in the run's train.log when one is open."""
-    print(f"Error: {error}", file=sys.stderr)
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (error,), None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+def run_hydra() -> None:
+    """Hydra composes and runs the task; its errors are raised here (not printed by Hydra with exit
+    status 1), so the console runner reports them like every other error."""
+    try:
+        with hydra_errors_raised():
+            train_task()
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:  # a bad override or config file
+        if TaskStarted.value:
+            raise
+        raise ConfigError(composition_message(error)) from error
+    except OSError as error:  # Hydra creating the run directory (hydra.run.dir names a file, say)
+        if TaskStarted.value:
+            raise
+        raise ConfigError(f"{error.filename}: {error.strerror}; Hydra could not prepare the run there. Check "
+                          "hydra.run.dir (or hydra.sweep.dir): it must be a directory you can write") from error
 
 
-def main() -> None:
+def composition_message(error: BaseException) -> str:
+    """Hydra's message and its cause (what Hydra itself prints), as one paragraph."""
+    parts = [str(error)]
+    if error.__cause__ is not None and str(error.__cause__) not in parts[0]:
+        parts.append(str(error.__cause__))
+    return " ".join(" ".join(line.strip() for line in part.splitlines() if line.strip()) for part in parts)
+
+
+def train_command() -> int:
     arguments, local_rank = rendezvous.without_local_rank_argument(sys.argv[1:])
+    if {"--help", "-h"} & set(arguments):
+        from dsvl_exp.config.help import print_help  # Hydra's own --help takes seconds: it copies every group
+
+        print_help(__doc__, CONFIG_DIR)
+        return 0
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     sys.argv = [sys.argv[0], *resume_shorthand(quote_numeric_group_choices(arguments))]
     if not rendezvous.started_by_external_launcher(os.environ):
-        train_task()
-        return
+        run_hydra()
+        return 0
     # Ranks started by torchrun / deepspeed: only rank 0 runs Hydra and shares each job.
     from dsvl_exp.training import followers
 
     if os.environ["RANK"] != "0":
         followers.follow_rank_zero()
-        return
-    train_task()
+        return 0
+    run_hydra()
     followers.release_followers()
+    return 0
+
+
+def main() -> None:
+    run_command(train_command)
 
 
 if __name__ == "__main__":

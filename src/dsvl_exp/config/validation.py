@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dsvl_exp.config.ranges import check_value_ranges
 from dsvl_exp.config.schema import PerceiverProjectionConfig, QwenVisionConfig, ViTProjectionConfig
 from dsvl_exp.errors import ConfigError
 
@@ -26,6 +27,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_dataset_paths(cfg)
     check_training_settings(cfg)
     check_precision_fits_the_machine(cfg)
+    check_value_ranges(cfg)
     check_local_folders(cfg)
 
 
@@ -156,6 +158,10 @@ def check_precision_fits_the_machine(cfg: DictConfig, cuda_available: bool | Non
 def check_local_folders(cfg: DictConfig) -> None:
     """A pretrained part given as a local path (absolute, ./ or ~) must exist; anything else is a
     hub name, which from_pretrained resolves (or refuses offline) itself."""
+    checkpoint_dir = OmegaConf.select(cfg, "checkpoint.dir")
+    if checkpoint_dir and Path(checkpoint_dir).expanduser().exists() and not Path(checkpoint_dir).expanduser().is_dir():
+        raise ConfigError(f"checkpoint.dir={checkpoint_dir} is a file, not a directory: point it at a directory "
+                          "(or null for <run dir>/checkpoints)")
     for key in ("vision.pretrained", "decoder.pretrained", "tokenizer.path"):
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():

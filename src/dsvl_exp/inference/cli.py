@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dsvl_exp.inference.generation import GenerationSettings
+from dsvl_exp.errors import UserError
+
+if TYPE_CHECKING:  # inference.generation imports torch: not before the arguments are parsed
+    from dsvl_exp.inference.generation import GenerationSettings
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A wrong flag or input file named on the command line."""
 
 
@@ -68,6 +71,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser, greedy_default: bo
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    from dsvl_exp.inference.generation import GenerationSettings
+
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
     if args.temperature < 0:
@@ -76,24 +81,3 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
         raise UsageError(f"--top-p={args.top_p} must be in (0, 1]")
     return GenerationSettings(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
                               temperature=args.temperature, top_p=args.top_p)
-
-
-def run_cli(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...]) -> None:
-    """Run `main`; a user error becomes one message on stderr and exit status 2, no traceback."""
-    try:
-        code = main()
-    except user_errors as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code or 0)
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from dsvl_exp.data.errors import DataError
-    from dsvl_exp.inference.loading import ModelPathError
-    from dsvl_exp.inference.session import ChatError
-    from dsvl_exp.training.exporting import ExportError
-
-    return (DataError, ModelPathError, ChatError, UsageError, ExportError, FileNotFoundError)

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from dsvl_exp.data.template import DEFAULT_SYSTEM_PROMPT, ChatTemplate
+from dsvl_exp.errors import UserError
 from dsvl_exp.inference.images import ImageCache
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ RUN_CONFIG_FILE = "config.yaml"
 DEFAULT_MAX_IMAGES = 8
 
 
-class ModelPathError(ValueError):
+class ModelPathError(UserError, ValueError):
     """MODEL names nothing loadable; the message says what was looked for and how to fix it."""
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dsvl_exp.data.conversation import Conversation, Round
+from dsvl_exp.errors import UserError
 from dsvl_exp.inference.generation import GenerationSettings, answer_batch
 from dsvl_exp.inference.loading import LoadedModel
 
 
-class ChatError(ValueError):
+class ChatError(UserError, ValueError):
     """A user mistake in a chat round (too many images, empty question): shown, not a traceback."""
 
 

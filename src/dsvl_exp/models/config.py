@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from dsvl_exp.errors import BadFileError
+
 FORMAT_VERSION = 1
 MODEL_TYPE = "dsvl"
 
@@ -45,15 +47,15 @@ class DSVLConfig:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a readable DSVL config.json: {error}") from error
+            raise BadFileError(f"{path} is not a readable DSVL config.json: {error}") from error
         if data.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"{path}: model_type={data.get('model_type')!r}, expected {MODEL_TYPE!r} "
-                             "(is this folder an export of dsvl_exp?)")
+            raise BadFileError(f"{path}: model_type={data.get('model_type')!r}, expected {MODEL_TYPE!r} "
+                               "(is this folder an export of dsvl_exp?)")
         if data.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {data['format_version']} is newer than this dsvl_exp "
-                             f"reads ({FORMAT_VERSION}); upgrade dsvl_exp")
+            raise BadFileError(f"{path}: format_version {data['format_version']} is newer than this dsvl_exp "
+                               f"reads ({FORMAT_VERSION}); upgrade dsvl_exp")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}")
+            raise BadFileError(f"{path}: unknown keys {unknown}")
         return cls(**data)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from dsvl_exp.errors import ConfigError
+
 DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA_MARKER = "lora_"
 
@@ -16,12 +18,12 @@ def add_lora(module: nn.Module, r: int, alpha: float, dropout: float, target_mod
     `target_modules`: a list of module-name suffixes or one regex over full names (peft's rule).
     """
     if r <= 0:
-        raise ValueError(f"lora.{part}.r={r}: a LoRA rank must be >= 1 when train.{part}=lora")
+        raise ConfigError(f"lora.{part}.r={r}: a LoRA rank must be >= 1 when train.{part}=lora")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
     try:
         inject_adapter_in_model(config, module)
     except ValueError as error:
-        raise ValueError(f"lora.{part}.target_modules={target_modules!r} matched nothing usable: {error}") from error
+        raise ConfigError(f"lora.{part}.target_modules={target_modules!r} matched nothing usable: {error}") from error
     return sum(1 for name, _ in module.named_modules() if name.endswith("lora_A"))
 
 

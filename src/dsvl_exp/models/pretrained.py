@@ -22,6 +22,7 @@ from huggingface_hub import load_torch_model, save_torch_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dsvl_exp.errors import BadFileError, MissingFileError
 from dsvl_exp.models.config import DSVLConfig
 from dsvl_exp.models.lora import lora_scalings, merge_lora_state_dict, split_adapters
 from dsvl_exp.models.vision import CLIPImageProcessor
@@ -84,8 +85,8 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):
 
     folder = Path(path).expanduser()
     if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}: not a dsvl_exp model folder (write one with "
-                                "`python -m dsvl_exp.export RUN_DIR --out DIR` or DSVLModel.save_pretrained)")
+        raise MissingFileError(f"{folder} holds no {CONFIG_FILE}: not a dsvl_exp model folder (write one with "
+                               "`python -m dsvl_exp.export RUN_DIR --out DIR` or DSVLModel.save_pretrained)")
     config = DSVLConfig.load(folder / CONFIG_FILE)
     processor = CLIPImageProcessor.from_pretrained(str(folder)) if (folder / PROCESSOR_FILE).is_file() else None
     # every weight is overwritten below: skip the random initialisation (minutes for a 7B decoder)
@@ -108,7 +109,7 @@ def load_weights_strictly(model: nn.Module, folder: Path) -> None:
     own = model.state_dict()
     missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded_storage]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{folder}: the weights do not fit its config.json: missing {missing[:10]} ({len(missing)}), "
+        raise BadFileError(f"{folder}: the weights do not fit its config.json: missing {missing[:10]} ({len(missing)}), "
                          f"unexpected {list(result.unexpected_keys)[:10]} ({len(result.unexpected_keys)})")
 
 
@@ -122,7 +123,7 @@ def load_adapters(module: nn.Module, folder: Path, part: str) -> None:
     adapter_keys = {name for name, _ in module.named_parameters() if "lora_" in name}
     unexpected = list(getattr(result, "unexpected_keys", []))
     if unexpected or len(state) != len(adapter_keys):
-        raise ValueError(f"{folder}: the {part} adapters do not fit the model: unexpected {unexpected[:5]}, "
+        raise BadFileError(f"{folder}: the {part} adapters do not fit the model: unexpected {unexpected[:5]}, "
                          f"{len(state)} tensors for {len(adapter_keys)} adapter parameters")
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dsvl_exp.errors import MissingFileError
 from dsvl_exp.models.resampler import Resampler, resize_positions
 from dsvl_exp.models.vision import clip_image_processor
 
@@ -136,7 +137,7 @@ def load_visual_state_dict(folder: str) -> dict[str, torch.Tensor]:
         return load_file(str(path / "model.safetensors"))
     if (path / "pytorch_model.bin").exists():
         return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"vision.pretrained={folder!r} holds neither model.safetensors nor pytorch_model.bin; "
         "create it from a Qwen-VL-Chat checkpoint with scripts/extract_qwen_vl.py"
     )

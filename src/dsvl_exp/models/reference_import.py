@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from dsvl_exp.errors import UserError
 from dsvl_exp.models.config import DSVLConfig
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ FUSED_LORA = re.compile(r"\.lora_(right|left)_weight$")
 DECODER_TABLE = "lang_decoder.model.embed_tokens.weight"
 
 
-class ReferenceImportError(ValueError):
+class ReferenceImportError(UserError, ValueError):
     """A reference checkpoint that does not fit the described model (message names the fix)."""
 
 

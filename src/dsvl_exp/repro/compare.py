@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsvl_exp.errors import UserError
 from dsvl_exp.repro.environment import FREEZE_FILE, read_freeze
 from dsvl_exp.repro.manifest import MANIFEST, read_manifest
 from dsvl_exp.repro.metrics import read_metrics, series
@@ -33,7 +34,7 @@ PERF_PREFIXES = ("perf/",)
 DEFAULT_TOLERANCE = 1e-9
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A path that is not a run directory (no manifest.json), with the fix."""
 
 

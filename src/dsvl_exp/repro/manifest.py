@@ -43,8 +43,11 @@ def write_manifest(run_dir: Path, manifest: dict) -> Path:
     path = Path(run_dir) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(manifest, indent=1, default=jsonable))
-    os.replace(temporary, path)  # a reader never sees half a file
+    try:
+        temporary.write_text(json.dumps(manifest, indent=1, default=jsonable))
+        os.replace(temporary, path)  # a reader never sees half a file
+    finally:
+        temporary.unlink(missing_ok=True)  # a full disk leaves no stray file
     return path
 
 

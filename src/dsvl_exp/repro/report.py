@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsvl_exp.repro.compare import multirun_jobs
+from dsvl_exp.repro.compare import RunError, multirun_jobs
 from dsvl_exp.repro.manifest import read_manifest
 from dsvl_exp.repro.metrics import direction_for, read_metrics, series
 
@@ -62,8 +62,8 @@ def build_report(sweep_dir: Path) -> SweepReport:
     sweep_dir = Path(sweep_dir)
     paths = multirun_jobs(sweep_dir) if sweep_dir.is_dir() else []
     if not paths:
-        raise FileNotFoundError(f"{sweep_dir}: no jobs with manifest.json; pass the directory of a "
-                                "`python -m dsvl_exp.train -m ...` sweep (hydra.sweep.dir)")
+        raise RunError(f"{sweep_dir}: no jobs with manifest.json; pass the directory of a "
+                       "`python -m dsvl_exp.train -m ...` sweep (hydra.sweep.dir)")
     jobs = [read_job(path) for path in paths]
     monitor = next(((read_manifest(p).get("config") or {}).get("eval", {}).get("monitor") for p in paths), None)
     monitor = monitor or "eval/loss"

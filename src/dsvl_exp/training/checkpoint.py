@@ -6,18 +6,22 @@ the engine does not hold, published atomically.
         config.yaml                   the resolved run config
         trainer_state.json            step, epoch and position in it, best metric so far, data fingerprint, ...
         rank_state_<r>.json           per rank: RNG states (python, numpy, torch), data position, logging window
+        checkpoint_complete.json      written last: the size of every other file (a folder without it,
+                                      or with a file of another size, is never resumed from)
       latest                          DeepSpeed's text file naming the newest complete tag
       best -> step-00000100           a relative symlink to the best checkpoint by eval.monitor
 
 A save writes into `.staging-<tag>`, renames it into place once every rank has written, and only
 then replaces `latest` (write + os.replace): a crash mid-save leaves the previous checkpoint and
-`latest` as they were. Older step folders are deleted only after that (keep_last), never `best`'s.
+`latest` as they were. A failed write (disk full) removes the staging folder and raises
+CheckpointError on every rank, naming the intact previous checkpoint. Older step folders are deleted only after that (keep_last), never `best`'s.
 `deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(<checkpoint dir>, tag)`
 reads any tag, `best` included.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -41,6 +45,7 @@ class CheckpointError(UserError, ValueError):
 LATEST = "latest"
 BEST = "best"
 TRAINER_STATE = "trainer_state.json"
+COMPLETE_MARKER = "checkpoint_complete.json"  # as LLaMA-Factory's trainer: trust no folder without it
 CONFIG = "config.yaml"
 STAGING_PREFIX = ".staging-"
 TAG_PATTERN = re.compile(r"^step-(\d{8})$")
@@ -99,11 +104,23 @@ def write_json(path: Path, payload: dict) -> None:
 def replace_text(path: Path, text: str) -> None:
     """Atomically: readers see the old content or the new one, never a partial file."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_complete_marker(folder: Path, step: int) -> None:
+    """The last file of a checkpoint: its step and the size of every other file in it."""
+    write_json(folder / COMPLETE_MARKER, {"step": step, "files": file_sizes(folder)})
 
 
 def save_checkpoint(engine, checkpoint_dir: Path, step: int, trainer_state: dict, rank_state: dict,
@@ -118,18 +135,50 @@ def save_checkpoint(engine, checkpoint_dir: Path, step: int, trainer_state: dict
         for leftover in checkpoint_dir.glob(f"{STAGING_PREFIX}*"):  # from a save that crashed
             shutil.rmtree(leftover, ignore_errors=True)
     distributed.barrier()
-    engine.save_checkpoint(str(checkpoint_dir), tag=staging.name, client_state={"step": step}, save_latest=False)
-    write_json(staging / rank_state_file(distributed.rank()), rank_state)
-    distributed.barrier()  # every rank's shards are on disk
+    write_error = None
+    try:
+        engine.save_checkpoint(str(checkpoint_dir), tag=staging.name, client_state={"step": step}, save_latest=False)
+        write_json(staging / rank_state_file(distributed.rank()), rank_state)
+    except OSError as error:  # disk full, quota, permissions: every rank must hear of it
+        write_error = error
+    raise_if_any_rank_failed(write_error, checkpoint_dir, staging, tag)  # every rank's shards are on disk
     if rank_zero:
-        write_json(staging / TRAINER_STATE, trainer_state)
-        (staging / CONFIG).write_text(config_yaml)
-        if final.exists():  # a later timeline abandoned by resume=<older checkpoint>
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        replace_text(checkpoint_dir / LATEST, tag)
-    distributed.barrier()
+        try:
+            write_json(staging / TRAINER_STATE, trainer_state)
+            (staging / CONFIG).write_text(config_yaml)
+            write_complete_marker(staging, step)
+            if final.exists():  # a later timeline abandoned by resume=<older checkpoint>
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            replace_text(checkpoint_dir / LATEST, tag)
+        except OSError as error:
+            write_error = error
+    raise_if_any_rank_failed(write_error, checkpoint_dir, staging, tag)
     return final
+
+
+def raise_if_any_rank_failed(error: OSError | None, checkpoint_dir: Path, staging: Path, tag: str) -> None:
+    """A barrier that also tells every rank whether any rank failed to write; on failure the
+    staging folder goes and every rank raises the same kind of error."""
+    failed = 1.0 if error is not None else 0.0
+    if distributed.world_size() > 1:
+        failed = distributed.all_reduce_sum([failed])[0]
+    if not failed:
+        return
+    if distributed.is_rank_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    previous = read_latest(checkpoint_dir)
+    if error is None:
+        reason = "another rank failed to write its part"
+    elif error.errno is None:
+        reason = str(error)
+    else:
+        reason = f"{error.strerror} ({errno.errorcode.get(error.errno, error.errno)}: {error.filename})"
+    kept = (f"the previous checkpoint {checkpoint_dir / previous} is intact" if previous
+            else "no earlier checkpoint exists")
+    raise CheckpointError(f"could not write checkpoint {tag} in {checkpoint_dir}: {reason}. Nothing partial was "
+                          f"left behind and {kept}. Free space (or fix the file system), then continue with "
+                          "resume=auto") from error
 
 
 def copy_folder(source: Path, target: Path) -> None:
@@ -177,12 +226,39 @@ def prune(checkpoint_dir: Path, keep_last: int | None) -> list[str]:
 
 # ---- reading -----------------------------------------------------------------------------------
 def read_latest(checkpoint_dir: Path) -> str | None:
-    """The newest complete tag, or None. `latest` only ever names a renamed-into-place folder."""
+    """The tag `latest` names when that checkpoint is complete, else None."""
     path = checkpoint_dir / LATEST
     if not path.is_file():
         return None
     tag = path.read_text().strip()
-    return tag if (checkpoint_dir / tag / TRAINER_STATE).is_file() else None
+    return tag if TAG_PATTERN.match(tag) and not checkpoint_problem(checkpoint_dir / tag) else None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is no complete checkpoint (None when it is): no completion marker, or a file
+    missing or of another size than the marker recorded (truncated, replaced)."""
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return f"it has no {COMPLETE_MARKER} (its save never finished)"
+    try:
+        recorded = json.loads(marker.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"its {COMPLETE_MARKER} is unreadable"
+    for name, size in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} is {path.stat().st_size} bytes, {size} when it was saved (truncated or replaced)"
+    return None
+
+
+def newest_complete(checkpoint_dir: Path) -> str | None:
+    """The newest step folder that passes `checkpoint_problem`, whatever `latest` says."""
+    for tag in reversed(step_tags(checkpoint_dir)):
+        if not checkpoint_problem(checkpoint_dir / tag):
+            return tag
+    return None
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
+from dsvl_exp.errors import ConfigError
+
 
 def deepspeed_config(
     zero: dict,
@@ -39,9 +41,9 @@ def deepspeed_config(
         if zero["offload_param"] != "none":
             zero_optimization["offload_param"] = {"device": zero["offload_param"]}
     elif zero["offload_param"] != "none":
-        raise ValueError("zero.offload_param needs ZeRO stage 3 (zero=3); stage 2 keeps parameters on every rank")
+        raise ConfigError("zero.offload_param needs ZeRO stage 3 (zero=3); stage 2 keeps parameters on every rank")
     if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"train.precision={precision!r}: expected fp32, bf16 or fp16")
+        raise ConfigError(f"train.precision={precision!r}: expected fp32, bf16 or fp16")
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
@@ -86,7 +88,7 @@ def resolve_grad_accum(global_batch_size: int | None, micro_batch_size: int, wor
         return grad_accum
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"train.global_batch_size={global_batch_size} is not a multiple of train.micro_batch_size="
             f"{micro_batch_size} x {world_size} rank(s); change one of them (or unset global_batch_size and use train.grad_accum)"
         )
@@ -114,7 +116,7 @@ def parameter_groups(model: nn.Module, lr: float, embedding_lr: float | None, we
             "name": f"{'embedding' if is_embedding else 'base'}/{'decay' if decay else 'no_decay'}",
         })
     if not result:
-        raise ValueError("nothing to train: every parameter is frozen (see train.vision/projection/embeddings/decoder)")
+        raise ConfigError("nothing to train: every parameter is frozen (see train.vision/projection/embeddings/decoder)")
     return result
 
 
@@ -122,7 +124,7 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float, warmup_steps: int | 
     if warmup_steps is not None:
         return int(warmup_steps)
     if not 0.0 <= warmup_ratio <= 1.0:
-        raise ValueError(f"optim.warmup_ratio={warmup_ratio} must be in [0, 1]; use optim.warmup_steps for a step count")
+        raise ConfigError(f"optim.warmup_ratio={warmup_ratio} must be in [0, 1]; use optim.warmup_steps for a step count")
     return math.ceil(total_steps * warmup_ratio)
 
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dsvl_exp import collectives
+from dsvl_exp.errors import UserError
 from dsvl_exp.models.pretrained import save_pretrained
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ CHECKPOINT_CONFIG = "config.yaml"
 TRAINER_STATE = "trainer_state.json"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A source that cannot be exported; the message names the path and the fix."""
 
 

@@ -124,7 +124,11 @@ def launch_local_ranks(cfg: DictConfig, config: dict, run_dir: Path) -> float:
 def user_error_of_ranks(failure) -> UserError | None:
     """A rank's UserError (bad data, say) as one UserError here, so the entry point prints its
     message instead of the elastic agent's report."""
-    import dsvl_exp.data.errors  # noqa: F401  (registers DataError among UserError's subclasses)
+    # noqa: F401 below: imported to register their classes among UserError's subclasses
+    import dsvl_exp.data.errors  # noqa: F401
+    import dsvl_exp.training.checkpoint  # noqa: F401
+    import dsvl_exp.training.loop  # noqa: F401
+    import dsvl_exp.training.resume  # noqa: F401
 
     names = set()
     pending = [UserError]

@@ -34,6 +34,7 @@ from dsvl_exp.data.redraw import EpochDraws
 from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.flops import flop_counts
+from dsvl_exp.errors import ConfigError
 from dsvl_exp.models.freezing import count_parameters
 from dsvl_exp.repro import manifest
 from dsvl_exp.training import checkpoint as checkpoints
@@ -70,6 +71,7 @@ def setup_run(run_dir: Path, checkpoint_dir: Path, resume_choice: str | None, al
         if source is not None:
             saved = OmegaConf.to_container(OmegaConf.load(source / checkpoints.CONFIG), resolve=True)
             resume.check_config_change(saved, config, source, allow_config_change)
+            resume.check_world_size(checkpoints.read_trainer_state(source), distributed.world_size(), source)
     if distributed.is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_choice is not None:
@@ -147,7 +149,7 @@ def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int
                              pin_memory=pin_memory,
                              sampler=DistributedSampler(eval_set, num_replicas=world, rank=rank, shuffle=False))
     if len(train_loader) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{len(train_set)} training conversations give no full batch of "
             f"train.micro_batch_size={micro_batch_size} x {world} rank(s); lower the batch size or add data")
     return train_loader, eval_loader, stats
@@ -158,7 +160,7 @@ def total_steps(max_steps: int | None, epochs: int | None, batches_per_epoch: in
         return int(max_steps)
     if epochs is not None:
         return int(epochs) * math.ceil(batches_per_epoch / grad_accum)
-    raise ValueError("set train.max_steps or train.epochs")
+    raise ConfigError("set train.max_steps or train.epochs")
 
 
 def setup_engine(model, optim: DictConfig, max_steps: int, ds_config: dict):

@@ -9,7 +9,16 @@ import logging
 from pathlib import Path
 
 from dsvl_exp.errors import UserError
-from dsvl_exp.training.checkpoint import LATEST, TRAINER_STATE, read_latest
+from dsvl_exp.training.checkpoint import (
+    COMPLETE_MARKER,
+    LATEST,
+    TAG_PATTERN,
+    TRAINER_STATE,
+    checkpoint_problem,
+    newest_complete,
+    read_latest,
+    step_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +33,58 @@ CHANGEABLE_KEYS = ("train.max_steps", "train.epochs", "train.log_every_n_steps",
 
 
 def find_checkpoint(choice: str | None, checkpoint_dir: Path) -> Path | None:
-    """resume=auto: the newest complete checkpoint in `checkpoint_dir` (None when there is none);
-    resume=PATH: a checkpoint folder, a checkpoint directory or a run directory."""
+    """resume=auto: the newest complete checkpoint in `checkpoint_dir` (None when it holds none);
+    resume=PATH: a checkpoint folder, a checkpoint directory or a run directory. A checkpoint is
+    complete when its completion marker is there and every file has the size it recorded."""
     if choice is None:
         return None
     if choice == "auto":
-        tag = read_latest(checkpoint_dir)
-        return checkpoint_dir / tag if tag else None
+        return auto_checkpoint(checkpoint_dir)
     path = Path(choice).expanduser()
+    if TAG_PATTERN.match(path.resolve().name) or (path / TRAINER_STATE).exists() or (path / COMPLETE_MARKER).exists():
+        problem = checkpoint_problem(path)
+        if problem:
+            fallback = newest_complete(path.resolve().parent)
+            raise ResumeError(f"resume={choice}: the checkpoint is not complete: {problem}. "
+                              + (f"Resume from the complete checkpoint with resume={path.resolve().parent / fallback}"
+                                 if fallback else "No complete checkpoint is beside it; start a fresh run"))
+        return path
     for candidate_dir in (path, path / "checkpoints"):
-        if (candidate_dir / TRAINER_STATE).is_file():
-            return candidate_dir
-        if (candidate_dir / LATEST).is_file() and read_latest(candidate_dir):
-            return candidate_dir / read_latest(candidate_dir)
-    raise ResumeError(f"resume={choice}: no complete checkpoint there (expected a folder with {TRAINER_STATE}, "
-                     f"or a checkpoint directory / run directory whose `{LATEST}` names one); "
-                     "use resume=auto to continue the run directory given by hydra.run.dir")
+        if (candidate_dir / LATEST).is_file() or step_tags(candidate_dir):
+            found = auto_checkpoint(candidate_dir)
+            if found is not None:
+                return found
+    raise ResumeError(f"resume={choice}: no complete checkpoint there (expected a folder with {COMPLETE_MARKER}, "
+                      f"or a checkpoint directory / run directory holding one); "
+                      "use resume=auto to continue the run directory given by hydra.run.dir")
+
+
+def auto_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The checkpoint `latest` names; when `latest` is missing, dangling or names a damaged
+    checkpoint, the newest complete one (with a warning). None only when the directory holds no
+    checkpoint at all: a directory with checkpoints, none complete, is refused, never restarted."""
+    tag = read_latest(checkpoint_dir)
+    if tag is not None:
+        return checkpoint_dir / tag
+    latest_file = checkpoint_dir / LATEST
+    named = latest_file.read_text().strip() if latest_file.is_file() else None
+    if named is None:
+        why = f"{latest_file} is missing"
+    elif (checkpoint_dir / named).is_dir():
+        why = f"{latest_file} names {named}, but {checkpoint_problem(checkpoint_dir / named)}"
+    else:
+        why = f"{latest_file} names {named!r}, which does not exist"
+    fallback = newest_complete(checkpoint_dir)
+    if fallback is not None:
+        log.warning("%s; resuming from the newest complete checkpoint, %s", why, checkpoint_dir / fallback)
+        return checkpoint_dir / fallback
+    tags = step_tags(checkpoint_dir)
+    if tags or named is not None:
+        listing = "; ".join(f"{tag}: {checkpoint_problem(checkpoint_dir / tag)}" for tag in tags) or "no step folders"
+        raise ResumeError(f"resume=auto: {checkpoint_dir} holds no complete checkpoint to continue from ({why}; "
+                          f"{listing}). Nothing was changed. Start a fresh run in another directory "
+                          "(hydra.run.dir=...), or move these folders away")
+    return None
 
 
 def refuse_used_run_dir(run_dir: Path, checkpoint_dir: Path) -> None:
@@ -67,6 +112,24 @@ def flatten(node, prefix: str = "") -> dict:
     return flat
 
 
+# Keys the saved weights and optimizer shards are laid out for: a checkpoint cannot load into a run
+# that changes them, resume.allow_config_change or not.
+LOAD_BEARING_KEYS = ("vision", "decoder", "projection", "lora", "zero.stage", "train.vision", "train.projection",
+                     "train.embeddings", "train.decoder", "train.precision")
+
+
+def load_bearing(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in LOAD_BEARING_KEYS)
+
+
+def check_world_size(trainer_state: dict, world_size: int, checkpoint: Path) -> None:
+    saved = trainer_state.get("world_size")
+    if saved is not None and saved != world_size:
+        raise ResumeError(f"checkpoint {checkpoint} was written by {saved} rank(s) and this run has {world_size}: its "
+                          "ZeRO shards cannot load into another world size. Resume with the same number of ranks "
+                          f"(launcher.nproc_per_node={saved}, or the same torchrun / deepspeed launch)")
+
+
 def changeable(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in CHANGEABLE_KEYS)
 
@@ -83,6 +146,13 @@ def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: boo
     if not differences:
         return
     before, after = flatten(saved), flatten(current)
+    structural = [k for k in differences if load_bearing(k)]
+    if structural:
+        changes = "; ".join(f"{k}: {before.get(k, '<absent>')} -> {after.get(k, '<absent>')}" for k in structural)
+        raise ResumeError(
+            f"checkpoint {checkpoint} cannot load into this run: {changes}. These keys decide the shapes and layout "
+            "of the saved weights and optimizer state (resume.allow_config_change does not cover them); resume with "
+            "the checkpoint's values, or start a fresh run in a new hydra.run.dir")
     listing = "; ".join(f"{k}: {before.get(k, '<absent>')} -> {after.get(k, '<absent>')}" for k in differences)
     if allow:
         log.warning("resuming with a changed config (resume.allow_config_change=true): %s", listing)
