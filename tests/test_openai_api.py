@@ -211,3 +211,39 @@ def test_serve_refuses_to_listen_beyond_loopback_without_credentials(tmp_path, m
     result = run_module("dsvl_exp.serve", tmp_path, "--host", "0.0.0.0", *mode, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--host 0.0.0.0 lets other machines connect" in result.stderr and "DSVL_SERVE_TOKEN" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_page_asks_for_the_token_and_limits_uploads(trained_run, tmp_path):
+    """`serve` (the Gradio page) under the same rules: a login before anything, uploads capped."""
+    import httpx
+
+    port = free_port()
+    log = open(tmp_path / "page.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsvl_exp.serve", str(trained_run), "--host", "127.0.0.1", "--port", str(port),
+         "--max-upload-mb", "0.01"],
+        cwd=tmp_path, env={**entry_point_env(), "DSVL_SERVE_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    client.get("/")
+                    break
+                except httpx.TransportError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError((tmp_path / "page.log").read_text()[-3000:]) from None
+                    time.sleep(0.5)
+            assert client.get("/config").status_code == 401
+            assert client.post("/login", data={"username": "ann", "password": "wrong"}).status_code == 400
+            assert client.post("/login", data={"username": "ann", "password": TOKEN}).status_code == 200
+            assert client.get("/config").status_code == 200  # the login cookie
+            upload = client.post("/gradio_api/upload", files={"files": ("big.png", b"\x89PNG" + b"\0" * 20000)})
+            assert upload.status_code == 413
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
