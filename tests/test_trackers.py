@@ -106,3 +106,28 @@ def test_every_tracker_gets_the_same_scalars_config_and_name_and_a_resume_contin
         rows = list(csv.DictReader(handle))
     assert {int(r["step"]): float(r["train/loss"]) for r in rows if r["train/loss"]} == pytest.approx(losses)
     assert [int(r["step"]) for r in rows if r.get("eval/loss")] == [3, 6]
+
+
+def test_a_resume_after_a_kill_drops_what_was_logged_after_the_checkpoint(tmp_path):
+    """TensorBoard and CSV keep each step once when a run killed at step 5 resumes from step 3."""
+    from dsvl_exp.training.logging import MetricsLogger
+    from dsvl_exp.training.resume import truncate_metrics
+
+    settings = {"run_name": "r", "tensorboard": {"save_dir": None}, "csv": {"filename": "metrics.csv"}}
+    first = MetricsLogger(tmp_path, settings, {"seed": 0}, enabled=True)
+    for step in range(1, 6):
+        first.log({"train/loss": float(step), "train/lr": 1e-3, "perf/tokens_per_s": 1.0}, step)
+    first.close()  # as far as the files go, a kill after step 5 (checkpoint at 3)
+    truncate_metrics(tmp_path / "metrics.jsonl", 3)
+    resumed = MetricsLogger(tmp_path, settings, {"seed": 0}, enabled=True, run_ids=first.run_ids, resume_step=3)
+    for step in (4, 5, 6):
+        resumed.log({"train/loss": 10.0 * step, "train/lr": 1e-3, "perf/tokens_per_s": 1.0}, step)
+    resumed.log({"eval/loss": 0.5}, 6)
+    resumed.close()
+
+    expected = {1: 1.0, 2: 2.0, 3: 3.0, 4: 40.0, 5: 50.0, 6: 60.0}
+    assert tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == expected
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["step"]), r["train/loss"], r["eval/loss"]) for r in rows] == [
+        (1, "1.0", ""), (2, "2.0", ""), (3, "3.0", ""), (4, "40.0", ""), (5, "50.0", ""), (6, "60.0", ""), (6, "", "0.5")]

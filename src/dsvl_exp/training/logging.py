@@ -42,7 +42,7 @@ class MetricsLogger:
     (training/trackers.py); other ranks log nothing."""
 
     def __init__(self, run_dir: Path, logger_settings: dict, config: dict, enabled: bool,
-                 run_ids: dict[str, str] | None = None):
+                 run_ids: dict[str, str] | None = None, resume_step: int | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.trackers: dict = {}
@@ -50,7 +50,7 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
-        self.trackers = open_trackers(Path(run_dir), logger_settings, config, dict(run_ids or {}))
+        self.trackers = open_trackers(Path(run_dir), logger_settings, config, dict(run_ids or {}), resume_step)
 
     @property
     def run_ids(self) -> dict[str, str]:

@@ -270,7 +270,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     kept_runs = {name: run_id for name, run_id in kept_runs.items() if run_id}
     wandb_run_id = kept_runs.setdefault("wandb", uuid.uuid4().hex[:8])
     logger = MetricsLogger(run_dir, logger_settings=config["logger"], config=config, enabled=rank_zero,
-                           run_ids=kept_runs)
+                           run_ids=kept_runs, resume_step=state.step if source is not None else None)
     eval_set = eval_loader.dataset
     eval_conversations = eval_set.conversations[: cfg.eval.max_conversations]
     synced_gpus = int(cfg.zero.stage) == 3 and world > 1

@@ -40,7 +40,8 @@ def flattened(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class WandbTracker:
-    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None):
+    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None,
+                 resume_step: int | None = None):
         import wandb
 
         self.run_id = run_id or uuid.uuid4().hex[:8]
@@ -71,12 +72,14 @@ class TensorBoardTracker:
     """Event files in one folder per run; a resumed run adds event files to the same folder,
     which TensorBoard shows as one run."""
 
-    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None):
+    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None,
+                 resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(settings.get("save_dir") or Path(run_dir) / "tensorboard")
         self.run_id = run_id or str(self.log_dir)
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        # purge_step: events a killed run wrote after the checkpoint it resumes from are dropped
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=None if resume_step is None else resume_step + 1)
         if run_id is None:  # a resumed run already has them
             self.writer.add_text("run_name", run_name, 0)
             self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
@@ -93,7 +96,8 @@ class TensorBoardTracker:
 
 
 class MlflowTracker:
-    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None):
+    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None,
+                 resume_step: int | None = None):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -138,13 +142,17 @@ class CsvTracker:
     loggers people know (Lightning's) come with a framework this project does not use. A new
     column rewrites the file (a few hundred rows at most), so every row keeps the header's order."""
 
-    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None):
+    def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None,
+                 resume_step: int | None = None):
         self.path = Path(run_dir) / settings["filename"]
         self.run_id = run_id or self.path.name
         self.rows: list[dict] = []
-        if run_id is not None and self.path.is_file():  # resumed: keep the rows already written
-            with open(self.path, newline="") as handle:
-                self.rows = list(csv.DictReader(handle))
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if resume_step is not None and metrics.is_file():
+            # resumed: the rows of metrics.jsonl, which the resume already cut back to the checkpoint's step
+            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            self.rows = [{"step": r["step"], **numeric_scalars({k: v for k, v in r.items() if k not in ("step", "time")})}
+                         for r in records]
         self.columns = list(dict.fromkeys(["step", *(key for row in self.rows for key in row)]))
         self._write_all()
 
@@ -174,14 +182,15 @@ class CsvTracker:
 TRACKERS = {"wandb": WandbTracker, "tensorboard": TensorBoardTracker, "mlflow": MlflowTracker, "csv": CsvTracker}
 
 
-def open_trackers(run_dir: Path, logger_settings: dict, config: dict, run_ids: dict[str, str]) -> dict:
+def open_trackers(run_dir: Path, logger_settings: dict, config: dict, run_ids: dict[str, str],
+                  resume_step: int | None = None) -> dict:
     """The trackers whose `logger.<name>` is set, each continuing its run in `run_ids` (from the
-    checkpoint being resumed) or starting one."""
+    checkpoint being resumed, at `resume_step`) or starting one."""
     run_name = logger_settings.get("run_name") or Path(run_dir).name
     opened = {}
     for name, tracker_type in TRACKERS.items():
         settings = logger_settings.get(name)
         if settings is not None:
-            opened[name] = tracker_type(Path(run_dir), settings, config, run_name, run_ids.get(name))
+            opened[name] = tracker_type(Path(run_dir), settings, config, run_name, run_ids.get(name), resume_step)
             log.info("logging to %s (run %s)", name, opened[name].run_id)
     return opened
