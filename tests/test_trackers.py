@@ -131,3 +131,15 @@ def test_a_resume_after_a_kill_drops_what_was_logged_after_the_checkpoint(tmp_pa
         rows = list(csv.DictReader(handle))
     assert [(int(r["step"]), r["train/loss"], r["eval/loss"]) for r in rows] == [
         (1, "1.0", ""), (2, "2.0", ""), (3, "3.0", ""), (4, "40.0", ""), (5, "50.0", ""), (6, "60.0", ""), (6, "", "0.5")]
+
+
+def test_a_tracker_that_is_not_installed_fails_at_composition_with_the_fix(monkeypatch):
+    import importlib.util
+
+    from dsvl_exp.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"logger=mlflow needs the mlflow package: pip install 'dsvl_exp\[trackers\]'"):
+        compose_config("logger=[wandb,mlflow]")
+    compose_config("logger=[wandb,tensorboard]")
