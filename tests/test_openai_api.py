@@ -247,3 +247,36 @@ def test_the_page_asks_for_the_token_and_limits_uploads(trained_run, tmp_path):
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+class CharTokenizer:
+    """One token per character; id 0 is EOS."""
+
+    eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids if i != self.eos_token_id)
+
+
+@pytest.mark.parametrize("text, stop, expected, reason", [
+    ("  red square  ", [], "red square", "stop"),
+    ("red\nblue", ["\n"], "red", "stop"),
+    ("a circle##x", ["##"], "a circle", "stop"),
+    ("abcdefgh", ["zz"], "abcdef", "length"),
+])
+def test_streamed_pieces_join_to_the_final_answer(text, stop, expected, reason):
+    import torch
+
+    from dsvl_exp.inference.batching import TextDeltas, finish
+    from dsvl_exp.inference.generation import Completion
+
+    tokenizer, max_tokens = CharTokenizer(), 6 if reason == "length" else 64
+    ids = [ord(c) for c in text][:max_tokens] + ([0] if reason == "stop" else [])
+    pieces: list[str] = []
+    stream = TextDeltas(tokenizer, stop, pieces.append)
+    for token in ids:
+        stream.put(torch.tensor([token]))
+    answer = finish(tokenizer, Completion(ids[:-1] if reason == "stop" else ids, prompt_tokens=5), max_tokens, stop)
+    stream.finish(answer.text)
+    assert "".join(pieces) == answer.text == expected and answer.finish_reason == reason
+    assert all(pieces)
