@@ -42,12 +42,12 @@ def flattened(config: dict, prefix: str = "") -> dict[str, str]:
 class WandbTracker:
     def __init__(self, run_dir: Path, settings: dict, config: dict, run_name: str, run_id: str | None,
                  resume_step: int | None = None):
-        import wandb
-
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.run = None
         if settings["mode"] == "disabled":
             return
+        import wandb
+
         self.run = wandb.init(
             mode=settings["mode"], project=settings["project"], entity=settings.get("entity"),
             name=run_name, group=settings.get("group"), tags=list(settings.get("tags") or []),
