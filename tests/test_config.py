@@ -189,7 +189,7 @@ SCHEMAS = {"vision/clip": schema.ClipVisionConfig, "vision/qwen": schema.QwenVis
            "decoder/llama": schema.LlamaDecoderConfig, "projection/baseline": schema.BaselineProjectionConfig,
            "projection/vit": schema.ViTProjectionConfig, "projection/perceiver": schema.PerceiverProjectionConfig,
            "zero/2": schema.ZeroConfig, "zero/3": schema.ZeroConfig, "zero/3_offload": schema.ZeroConfig,
-           "launcher/local": schema.LauncherConfig, "logger/default": schema.LoggerConfig,
+           "launcher/local": schema.LauncherConfig,
            "data/synthetic": schema.DataConfig, "data/native": schema.DataConfig, "data/reference": schema.DataConfig}
 
 

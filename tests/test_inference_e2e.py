@@ -37,6 +37,10 @@ def test_evaluate_beats_majority_baseline(one_rank_eval):
     synthetic = table["synthetic"]
     print(stdout)
     assert synthetic["scored"] == synthetic["rounds"] == len(read_rows(out / "synthetic.jsonl")) > 300
+    # what the score depends on, recorded beside it
+    assert synthetic["harness"]["name"] == "dsvl_exp.evaluate" and synthetic["history"] == "generated"
+    assert synthetic["generation"]["max_new_tokens"] == 4 and synthetic["generation"]["do_sample"] is False
+    assert "### Image 1:" in synthetic["prompt_template"]["first_round_example"]
     # well above both image-blind baselines (measured at 400 steps: 0.57 vs 0.17 and 0.36)
     assert synthetic["exact_match"] > synthetic["question_majority_baseline"] + 0.1 > synthetic["majority_baseline"]
     assert synthetic["contains"] >= synthetic["exact_match"]

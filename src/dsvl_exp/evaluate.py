@@ -82,7 +82,7 @@ def evaluate_rank(options: dict, omp_threads: int | None = None) -> list[dict] |
             start += len(suite.conversations)
         table = accuracy_table(rows_by_suite)
         out = Path(args.out)
-        write_results(out, rows_by_suite, table)
+        write_results(out, rows_by_suite, table, evaluation_setup(loaded, generation_settings(args), args.history))
         rounds = sum(len(rows) for rows in rows_by_suite.values())
         print(f"{rounds} rounds of {len(conversations)} conversations answered on {world} rank(s) ("
               f"{'one GPU each' if world > 1 and device.startswith('cuda') else device}); answers in {out}/")
@@ -137,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         launch(options, args.nproc_per_node)
     return 0
+
+
+def evaluation_setup(loaded, settings, history: str) -> dict:
+    """What the scores depend on beyond the weights, recorded beside each accuracy entry."""
+    from dataclasses import asdict
+
+    from dsvl_exp import __version__
+
+    rendered = loaded.template.render_prompt("<question>", 1, 1, first_round=True)
+    return {"harness": {"name": "dsvl_exp.evaluate", "version": __version__},
+            "prompt_template": {"system_prompt": loaded.template.system_prompt, "first_round_example": rendered},
+            "generation": {**asdict(settings), "do_sample": settings.do_sample}, "history": history}
 
 
 def cli() -> None:

@@ -1,7 +1,12 @@
-"""A web demo of a trained model: a Gradio multimodal chat page.
+"""A web demo of a trained model: a Gradio multimodal chat page, or (`--api`) an
+OpenAI-compatible API (`POST /v1/chat/completions`, `GET /v1/models`).
 
     python -m dsvl_exp.serve MODEL                                 # http://127.0.0.1:7860
-    python -m dsvl_exp.serve MODEL --host 0.0.0.0 --port 8080 --greedy
+    DSVL_SERVE_TOKEN=secret python -m dsvl_exp.serve MODEL --host 0.0.0.0 --port 8080 --greedy
+    python -m dsvl_exp.serve MODEL --api --port 8000               # http://127.0.0.1:8000/v1 (also: dsvl-api MODEL)
+
+Beyond 127.0.0.1 a password (`--auth USER:PASS`) or a token (`$DSVL_SERVE_TOKEN`) is required;
+uploads are images only, at most `--max-upload-mb` each (inference/access.py).
 
 Upload one or more images with a question (they become the next `### Image k:` numbers, as in
 training), ask follow-ups with or without new images, and Clear to start over. Each browser tab
@@ -12,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 from threading import Thread
 
 from dsvl_exp.console import run_command
+from dsvl_exp.inference.access import AccessPolicy, UploadError, access_policy, add_access_arguments
 from dsvl_exp.inference.cli import (
+    UsageError,
     add_generation_arguments,
     add_model_arguments,
     resolve_device,
@@ -30,8 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=None, help="default 7860 (the page), 8000 (--api)")
     parser.add_argument("--max-images", type=int, default=None, help="images per conversation (default: the run's limit, else 8)")
+    parser.add_argument("--api", action="store_true", help="serve the OpenAI-compatible API instead of the page")
+    parser.add_argument("--allow-file-dir", metavar="DIR", type=Path, default=None,
+                        help="--api: accept file:// image URLs under this folder (default: data URLs only)")
+    parser.add_argument("--max-batch", type=int, default=16, help="--api: most requests answered in one batch (default 16)")
+    add_access_arguments(parser)
     add_generation_arguments(parser)
     return parser.parse_args(argv)
 
@@ -40,7 +54,7 @@ def empty_state() -> dict:
     return {"rounds": [], "images": []}
 
 
-def build_demo(loaded, settings):
+def build_demo(loaded, settings, policy: AccessPolicy = AccessPolicy()):
     """The Gradio Blocks app around one loaded model (inference.loading.LoadedModel)."""
     import gradio as gr
     from transformers import TextIteratorStreamer
@@ -57,8 +71,10 @@ def build_demo(loaded, settings):
         files = [f if isinstance(f, str) else f.get("path") for f in (message or {}).get("files", [])]
         session = session_for(state)
         try:
+            for k, path in enumerate(files):  # images only, within the size limit, whatever the browser sent
+                policy.check_image(Path(path).read_bytes(), f"upload {k + 1} ({Path(path).name})")
             session.check_round(question, files)
-        except (ChatError, DataError) as error:
+        except (ChatError, DataError, UploadError) as error:
             raise gr.Error(str(error))
         first = session.next_image_number
         chat = list(chat or [])
@@ -91,7 +107,8 @@ def build_demo(loaded, settings):
         state = {"rounds": [vars(r) for r in session.rounds], "images": session.images}
         yield gr.MultimodalTextbox(value=None, interactive=True), chat, state
 
-    with gr.Blocks(title=TITLE) as demo:
+    # Gradio keeps uploads in its cache folder: delete those older than an hour, checked hourly
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## {TITLE}\nModel: `{loaded.source}`. Upload images (up to {loaded.max_images} per "
                     "conversation) and ask about them; follow-up questions keep the conversation.")
         chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=420)
@@ -109,22 +126,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
     settings = generation_settings(args)
+    policy = access_policy(args)
+    if args.allow_file_dir is not None and not args.allow_file_dir.is_dir():
+        raise UsageError(f"--allow-file-dir {args.allow_file_dir}: not a folder")
     import torch
 
     from dsvl_exp.inference.loading import load_model
 
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device))
-    demo = build_demo(loaded, settings)
-    print(f"serving {loaded.source} on http://{args.host}:{args.port}", flush=True)
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=False,
-                                                   show_error=True, inbrowser=False)
+    if args.api:
+        return serve_api(args, loaded, policy)
+    port = args.port or 7860
+    demo = build_demo(loaded, settings, policy)
+    print(f"serving {loaded.source} on http://{args.host}:{port}", flush=True)
+    login = policy.login_ok if policy.required else None
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=port, share=False,
+                                                   show_error=True, inbrowser=False, auth=login,
+                                                   max_file_size=policy.max_upload_bytes)
+    return 0
+
+
+def serve_api(args: argparse.Namespace, loaded, policy: AccessPolicy) -> int:
+    import uvicorn
+
+    from dsvl_exp.inference.openai_server import build_app
+
+    model_name = Path(args.model).name or str(args.model)
+    app = build_app(loaded, policy, model_name, default_max_tokens=args.max_new_tokens,
+                    file_root=args.allow_file_dir, max_batch=args.max_batch)
+    port = args.port or 8000
+    print(f"serving {loaded.source} as model {model_name!r} on http://{args.host}:{port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=port, log_level="warning")
     return 0
 
 
 def cli() -> None:
     """The console script (and `python -m`); exit statuses in dsvl_exp/console.py."""
     run_command(main)
+
+
+def api_cli() -> None:
+    """`dsvl-api MODEL ...`: `dsvl-serve MODEL --api ...`."""
+    run_command(lambda: main([*sys.argv[1:], "--api"]))
 
 
 if __name__ == "__main__":

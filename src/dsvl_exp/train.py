@@ -75,7 +75,7 @@ def train_task(cfg: DictConfig) -> float:
 
 def checked_task(cfg: DictConfig) -> float:
     validate_config(cfg)
-    name_wandb_run(cfg, HydraConfig.get())
+    name_tracker_runs(cfg, HydraConfig.get())
     from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
 
     return launch_ranks(cfg, Path(HydraConfig.get().runtime.output_dir))
@@ -91,8 +91,9 @@ def exit_on_user_error(call: Callable[[], float]) -> float:
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
-def name_wandb_run(cfg: DictConfig, hydra_config) -> None:
-    """Fill the W&B name / group / tags the user left unset (training/logging.py says how)."""
+def name_tracker_runs(cfg: DictConfig, hydra_config) -> None:
+    """Fill the run name (all trackers) and the W&B group / tags the user left unset
+    (training/logging.py says how)."""
     from dsvl_exp.training.logging import wandb_identity
 
     choices = hydra_config.runtime.choices
@@ -104,7 +105,11 @@ def name_wandb_run(cfg: DictConfig, hydra_config) -> None:
         sweep_dir=hydra_config.sweep.dir if hydra_config.mode == RunMode.MULTIRUN else None,
     )
     wandb = cfg.logger.wandb
-    wandb.name = wandb.name or identity["name"]
+    # one run name for every tracker: logger.run_name, else a name given to W&B, else the identity
+    cfg.logger.run_name = cfg.logger.run_name or (wandb.name if wandb is not None else None) or identity["name"]
+    if wandb is None:
+        return
+    wandb.name = wandb.name or cfg.logger.run_name
     wandb.group = wandb.group or identity["group"]
     wandb.tags = [*identity["tags"], *(tag for tag in wandb.tags if tag not in identity["tags"])]
 

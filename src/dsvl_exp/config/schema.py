@@ -12,7 +12,7 @@ changes. A field that every option must choose is MISSING here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -274,9 +274,34 @@ class WandbConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    save_dir: Optional[str] = None  # null: <run>/tensorboard (`tensorboard --logdir` it)
+
+
+@dataclass
+class MlflowConfig:
+    # null: $MLFLOW_TRACKING_URI when set, else a local file store in <run>/mlruns
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "dsvl_exp"
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CsvConfig:
+    filename: str = "metrics.csv"  # in the run directory, one column per metric
+
+
+@dataclass
 class LoggerConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    console: bool = True
+    """The trackers of a run: each option of the `logger` group fills its own key, and
+    `logger=[wandb,tensorboard]` (or `logger=many_loggers`) fills several. A key left null is a
+    tracker not used. All get the same scalars, config and run name; metrics.jsonl is always written."""
+
+    run_name: Optional[str] = None  # null: the experiment and the command-line overrides
+    wandb: Optional[WandbConfig] = None
+    tensorboard: Optional[TensorBoardConfig] = None
+    mlflow: Optional[MlflowConfig] = None
+    csv: Optional[CsvConfig] = None
 
 
 @dataclass
@@ -286,7 +311,7 @@ class Config:
     projection: Any = MISSING
     zero: ZeroConfig = MISSING
     data: DataConfig = MISSING
-    logger: LoggerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -311,4 +336,3 @@ def register_configs() -> None:
     cs.store(group="schema/zero", name="zero", node=ZeroConfig)
     cs.store(group="schema/launcher", name="launcher", node=LauncherConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
-    cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -29,6 +29,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_precision_fits_the_machine(cfg)
     check_value_ranges(cfg)
     check_local_folders(cfg)
+    check_tracker_packages(cfg)
 
 
 def unknown_keys(node, prefix: str = "") -> list[tuple[str, list[str]]]:
@@ -167,3 +168,17 @@ def check_local_folders(cfg: DictConfig) -> None:
         if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}={value}: no such file or folder. Point it at a local Hugging Face folder "
                               "(config.json + weights) or give a hub name.")
+
+
+# the trackers' packages (the `trackers` extra); W&B is a core dependency
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def check_tracker_packages(cfg: DictConfig) -> None:
+    """A chosen tracker that is not installed fails before any rank starts."""
+    import importlib.util
+
+    for name, package in TRACKER_PACKAGES.items():
+        if cfg.logger.get(name) is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"logger={name} needs the {package} package: pip install 'dsvl_exp[trackers]' "
+                              f"(or leave {name} out of logger=...)")

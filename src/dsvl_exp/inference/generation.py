@@ -10,6 +10,7 @@ answer-accuracy eval uses, so the rendering (system prompt on the first round, r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -41,22 +42,32 @@ def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer: its new token ids (EOS excluded) and the prompt's length in tokens
+    (text tokens plus the tokens the images take in the decoder)."""
+
+    token_ids: list[int]
+    prompt_tokens: int
+
+
 @torch.no_grad()
-def answer_batch(
-    model,
-    tokenizer,
-    template: ChatTemplate,
-    images: ImageCache,
+def complete_batch(
+    loaded,
     conversations: list[Conversation],
     settings: GenerationSettings,
+    template: ChatTemplate | None = None,
     streamer=None,
-) -> list[str]:
-    """The answer to the last round of every conversation (stripped text, special tokens dropped)."""
+) -> list[Completion]:
+    """The one call every front end (chat, evaluate, serve, the API server) generates through:
+    the next answer of each conversation with `loaded` (inference.loading.LoadedModel), in one
+    batched decode. `template` replaces the model's own (a client's system prompt)."""
     if not conversations:
         return []
+    model, tokenizer, template = loaded.model, loaded.tokenizer, template or loaded.template
     prompts = [tokenize_generation_prompt(tokenizer, template, conv, len(conv.rounds) - 1) for conv in conversations]
     input_ids, attention_mask = left_padded(prompts, tokenizer.pad_token_id)
-    pixels = [images.pixel_values(conv.images, conv.id) for conv in conversations]
+    pixels = [loaded.images.pixel_values(conv.images, conv.id) for conv in conversations]
     device = next(model.parameters()).device
     new_ids = model.generate(
         images=torch.cat(pixels).to(device),
@@ -69,4 +80,21 @@ def answer_batch(
         top_p=settings.top_p,
         streamer=streamer,
     )
-    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+    per_image = model.tokens_per_image
+    return [Completion(list(ids), len(prompt) + per_image * len(conv.images))
+            for ids, prompt, conv in zip(new_ids, prompts, conversations)]
+
+
+def answer_batch(
+    model,
+    tokenizer,
+    template: ChatTemplate,
+    images: ImageCache,
+    conversations: list[Conversation],
+    settings: GenerationSettings,
+    streamer=None,
+) -> list[str]:
+    """The answer to the last round of every conversation (stripped text, special tokens dropped)."""
+    loaded = SimpleNamespace(model=model, tokenizer=tokenizer, template=template, images=images)
+    completions = complete_batch(loaded, conversations, settings, streamer=streamer)
+    return [tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in completions]

@@ -5,6 +5,8 @@ reference's chat, but the files are read once)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from dsvl_exp.data.images import load_image
@@ -22,12 +24,14 @@ class ImageCache:
         return torch.zeros(0, 3, size["height"], size["width"])
 
     def one(self, entry: str, owner: str) -> torch.Tensor:
-        if entry not in self._pixels:
+        # base64 data (API uploads, up to megabytes each) are kept under their digest, not as keys
+        key = "sha256:" + hashlib.sha256(entry.encode()).hexdigest() if entry.startswith("base64:") else entry
+        if key not in self._pixels:
             if len(self._pixels) >= self.max_entries:
                 self._pixels.pop(next(iter(self._pixels)))
             image = load_image(entry, owner)
-            self._pixels[entry] = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        return self._pixels[entry]
+            self._pixels[key] = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return self._pixels[key]
 
     def pixel_values(self, entries, owner: str) -> torch.Tensor:
         """[len(entries), 3, H, W]; `owner` names the conversation in error messages."""

@@ -95,7 +95,10 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out_dir: Path, rows_by_suite: dict[str, list[dict]], table: list[dict]) -> None:
+def write_results(out_dir: Path, rows_by_suite: dict[str, list[dict]], table: list[dict],
+                  setup: dict | None = None) -> None:
+    """`setup` (harness, prompt template, generation settings) is recorded in each accuracy.json
+    entry: scores swing with them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in rows_by_suite.items():
         with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
@@ -114,5 +117,5 @@ def write_results(out_dir: Path, rows_by_suite: dict[str, list[dict]], table: li
                     "exact_match": row.get("exact_match", ""),
                     "contains": row.get("contains", ""),
                 })
-    (out_dir / "accuracy.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out_dir / "accuracy.json").write_text(json.dumps([{**entry, **(setup or {})} for entry in table], indent=2) + "\n")
     (out_dir / "accuracy.md").write_text(format_table(table) + "\n")

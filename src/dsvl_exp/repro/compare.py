@@ -27,7 +27,7 @@ SECTIONS = ("status", "group choices", "overrides", "config", "derived", "code",
 # Config keys that name where things are or how a run is labelled, not what it computes.
 VOLATILE_CONFIG_KEYS = ("data.synthetic.root", "logger.", "train.progress_bar")
 # W&B labels the entry point derives from the overrides and the sweep: bookkeeping, shown only.
-LABEL_CONFIG_KEYS = ("logger.wandb.name", "logger.wandb.group", "logger.wandb.tags")
+LABEL_CONFIG_KEYS = ("logger.run_name", "logger.wandb.name", "logger.wandb.group", "logger.wandb.tags")
 VOLATILE_HARDWARE_KEYS = ("hostname",)
 # Numbers that describe how fast a run went, not what it computed.
 PERF_PREFIXES = ("perf/",)

@@ -1,5 +1,5 @@
-"""Metrics to the console log (`train.log` too), Weights & Biases and a plain `metrics.jsonl`
-in the run directory (rank 0), and how a run is named, grouped and tagged in W&B."""
+"""Metrics to the console log (`train.log` too), a plain `metrics.jsonl` in the run directory
+and the chosen trackers (rank 0), and how a run is named, grouped and tagged."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import logging
 import time
 from pathlib import Path
+
+from dsvl_exp.training.trackers import open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,8 @@ def wandb_identity(experiment: str | None, overrides: list[str], choices: dict, 
     """W&B name, group and tags of a run: named by its experiment and command-line overrides
     (`smoke zero=3 optim.lr=5e-4`), the jobs of one multirun grouped by its sweep directory,
     tagged with the group choices."""
-    shown = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "experiment="))]
+    # a resume continues the run it names, so `resume=auto` is not part of the name
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "experiment=", "resume"))]
     tags = [f"{group}:{choices[group]}" for group in TAGGED_GROUPS if choices.get(group) is not None]
     tags.insert(2, f"attention:{attention}")
     return {"name": " ".join([experiment or "default", *shown]), "group": sweep_dir, "tags": tags}
@@ -57,50 +60,45 @@ def duration(seconds: float) -> str:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, wandb_settings: dict, config: dict, enabled: bool, run_id: str | None = None):
+    """metrics.jsonl and the console on rank 0, plus the trackers `logger` names
+    (training/trackers.py); other ranks log nothing."""
+
+    def __init__(self, run_dir: Path, logger_settings: dict, config: dict, enabled: bool,
+                 run_ids: dict[str, str] | None = None, resume_step: int | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.run = None
+        self.trackers: dict = {}
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
-        if wandb_settings["mode"] != "disabled":
-            import wandb
+        self.trackers = open_trackers(Path(run_dir), logger_settings, config, dict(run_ids or {}), resume_step)
 
-            self.run = wandb.init(
-                mode=wandb_settings["mode"],
-                project=wandb_settings["project"],
-                entity=wandb_settings.get("entity"),
-                name=wandb_settings.get("name") or Path(run_dir).name,
-                group=wandb_settings.get("group"),
-                tags=list(wandb_settings.get("tags") or []),
-                dir=str(run_dir),
-                config=config,
-                id=run_id,  # kept in the checkpoints: a resumed run continues the same W&B run
-                resume="allow" if run_id else None,
-            )
+    @property
+    def run_ids(self) -> dict[str, str]:
+        """Each tracker's run, kept in the checkpoints so a resumed run continues it."""
+        return {name: tracker.run_id for name, tracker in self.trackers.items()}
 
     def log(self, metrics: dict, step: int) -> None:
-        """One record to metrics.jsonl and W&B; train and eval numbers also as a log line, so
-        a redirected console (no progress bar) and train.log show the run's progress."""
+        """One record to metrics.jsonl and every tracker; train and eval numbers also as a log
+        line, so a redirected console (no progress bar) and train.log show the run's progress."""
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **metrics}
         self._file.write(json.dumps(record) + "\n")
-        if self.run is not None:
-            self.run.log(metrics, step=step)
+        for tracker in self.trackers.values():
+            tracker.log(metrics, step)
         line = progress_line(step, metrics)
         if line:
             log.info(line)
 
     def summary(self, metrics: dict) -> None:
-        if self.enabled and self.run is not None:
-            self.run.summary.update(metrics)
+        for tracker in self.trackers.values():
+            tracker.summary(metrics)
 
     def close(self) -> None:
         if not self.enabled:
             return
         self._file.close()
-        if self.run is not None:
-            self.run.finish()
+        for tracker in self.trackers.values():
+            tracker.close()

@@ -270,11 +270,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("the data differ from the checkpoint's (fingerprint %s, now %s): the resumed run sees other data",
                     resumed.get("data_sha256"), fingerprint.get("sha256"))
 
-    # the same W&B run when continuing this run directory; a new one for a fork into another
+    # the same tracker runs when continuing this run directory; new ones for a fork into another
     same_run = source is not None and source.resolve().parent == checkpoint_dir.resolve()
-    wandb_run_id = (resumed.get("wandb_run_id") if same_run else None) or uuid.uuid4().hex[:8]
-    logger = MetricsLogger(run_dir, wandb_settings=config["logger"]["wandb"], config=config, enabled=rank_zero,
-                           run_id=wandb_run_id)
+    kept_runs = (resumed.get("tracker_runs") or {"wandb": resumed.get("wandb_run_id")}) if same_run else {}
+    kept_runs = {name: run_id for name, run_id in kept_runs.items() if run_id}
+    wandb_run_id = kept_runs.setdefault("wandb", uuid.uuid4().hex[:8])
+    logger = MetricsLogger(run_dir, logger_settings=config["logger"], config=config, enabled=rank_zero,
+                           run_ids=kept_runs, resume_step=state.step if source is not None else None)
     eval_set = eval_loader.dataset
     eval_conversations = eval_set.conversations[: cfg.eval.max_conversations]
     synced_gpus = int(cfg.zero.stage) == 3 and world > 1
@@ -295,7 +297,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         logger.log(data_stats, step=0)
         if cfg.eval.at_start:
             logger.log(evaluate(0), step=0)
-    run_facts = {"data_sha256": fingerprint.get("sha256"), "wandb_run_id": wandb_run_id, "monitor": cfg.eval.monitor,
+    run_facts = {"data_sha256": fingerprint.get("sha256"), "wandb_run_id": wandb_run_id,
+                 "tracker_runs": {**kept_runs, **logger.run_ids}, "monitor": cfg.eval.monitor,
                  "monitor_mode": monitor_mode(cfg.eval.monitor), "world_size": world}
     save = make_saver(engine, checkpoint_dir, state, run_facts, OmegaConf.to_yaml(OmegaConf.create(config)),
                       cfg.checkpoint.keep_last)

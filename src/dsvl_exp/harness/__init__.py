@@ -1,0 +1,2 @@
+"""Adapters for the evaluation harnesses the field uses (lmms-eval); each imports its harness
+only when the harness loads it."""
