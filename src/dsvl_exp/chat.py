@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     from dsvl_exp.inference.session import ChatSession
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, max_images=args.max_images, device="cuda" if torch.cuda.is_available() else None)
+    loaded = load_model(args.model, max_images=args.max_images, device="cuda" if torch.cuda.is_available() else None,
+                        trust_checkpoint=args.trust_checkpoint)
     session = ChatSession(loaded, settings)
     if records is not None:
         run_script(session, records)

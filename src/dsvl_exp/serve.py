@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from dsvl_exp.inference.loading import load_model
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, max_images=args.max_images, device="cuda" if torch.cuda.is_available() else None)
+    loaded = load_model(args.model, max_images=args.max_images, device="cuda" if torch.cuda.is_available() else None,
+                        trust_checkpoint=args.trust_checkpoint)
     demo = build_demo(loaded, settings)
     print(f"serving {loaded.source} on http://{args.host}:{args.port}", flush=True)
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=False,

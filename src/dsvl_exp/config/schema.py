@@ -261,6 +261,9 @@ class ResumeConfig:
     # `resume=auto` / `resume=PATH` on the command line mean `resume.checkpoint=...`.
     checkpoint: Optional[str] = None
     allow_config_change: bool = False  # resume although the config differs in meaning
+    # true: read the checkpoint's DeepSpeed pickles unrestricted (they may run code; only for files you trust).
+    # false: weights-only with DeepSpeed's own types allowed (training/safe_loading.py).
+    trust_checkpoint: bool = False
 
 
 @dataclass

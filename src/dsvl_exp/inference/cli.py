@@ -18,6 +18,10 @@ class UsageError(ValueError):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="when MODEL is a checkpoint without export/: read its DeepSpeed pickles unrestricted. "
+                             "They can run any code with your account; use only for files you or someone you trust "
+                             "wrote (default: weights-only, tensors and DeepSpeed's own types)")
 
 
 def jsonl_records(path: Path, error_type: type[Exception]) -> Iterator[tuple[str, object]]:
@@ -71,5 +75,6 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from dsvl_exp.inference.loading import ModelPathError
     from dsvl_exp.inference.session import ChatError
     from dsvl_exp.training.exporting import ExportError
+    from dsvl_exp.training.safe_loading import UntrustedCheckpointError
 
-    return (DataError, ModelPathError, ChatError, UsageError, ExportError, FileNotFoundError)
+    return (DataError, ModelPathError, ChatError, UsageError, ExportError, UntrustedCheckpointError, FileNotFoundError)

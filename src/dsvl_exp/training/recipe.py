@@ -52,6 +52,7 @@ from dsvl_exp.training.logging import MetricsLogger
 from dsvl_exp.training.loop import BatchStream, LoopState, ResumableSampler, monitor_mode, train_loop
 from dsvl_exp.training.model_setup import build_model, configure_training
 from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
+from dsvl_exp.training.safe_loading import checkpoint_loading
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,11 @@ def setup_engine(model, optim: DictConfig, max_steps: int, ds_config: dict):
     )
 
 
-def restore(engine, source: Path | None) -> tuple[LoopState, dict]:
+def restore(engine, source: Path | None, trust: bool = False) -> tuple[LoopState, dict]:
     """The loop state and trainer state of `source` (weights etc. go into `engine`)."""
     if source is None:
         return LoopState(), {}
-    trainer_state, rank_state = checkpoints.load_checkpoint(engine, source)
+    trainer_state, rank_state = checkpoints.load_checkpoint(engine, source, trust)
     state = LoopState(**rank_state["loop"])
     state.best_value, state.best_step = trainer_state["best_value"], trainer_state["best_step"]
     checkpoints.set_rng_state(rank_state["rng"])  # last: nothing may draw between here and the loop
@@ -212,7 +213,8 @@ def save_exports(engine, tokenizer, run_dir: Path, checkpoint_dir: Path, final_s
     best_state = checkpoints.read_trainer_state(checkpoint_dir / best)
     best_summary = {"step": best_state["step"], **best_state["last_train"], **best_state["last_eval"]}
     if best != checkpoints.tag_for(final_step):
-        engine.load_checkpoint(str(checkpoint_dir), tag=best)
+        with checkpoint_loading(source=checkpoint_dir / best):  # this run's own files: never needs trust
+            engine.load_checkpoint(str(checkpoint_dir), tag=best)
         export_from_engine(engine, tokenizer, run_dir / "best", training_summary=best_summary)
     elif distributed.is_rank_zero():  # the final weights are the best: the same files
         checkpoints.copy_folder(run_dir / "export", run_dir / "best")
@@ -255,7 +257,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
     max_steps = total_steps(cfg.train.max_steps, cfg.train.epochs, len(train_loader), grad_accum)
     engine, lr_scheduler = setup_engine(model, cfg.optim, max_steps, ds_config)
-    state, resumed = restore(engine, source)
+    state, resumed = restore(engine, source, cfg.resume.trust_checkpoint)
     if rank_zero:  # the manifest's derived values: world size, DeepSpeed JSON, parameters, data
         manifest.record_setup(run_dir, config=config, engine=engine, ds_config=ds_config, world_size=world,
                               grad_accum=grad_accum, parameter_counts=count_parameters(model),
