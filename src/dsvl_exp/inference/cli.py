@@ -35,6 +35,8 @@ def jsonl_records(path: Path, error_type: type[Exception]) -> Iterator[tuple[str
             yield where, json.loads(line)
         except json.JSONDecodeError as error:
             raise error_type(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise error_type(f"{where}: JSON nested too deeply to read (brackets within brackets); fix the line") from None
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, greedy_default: bool = False) -> None:

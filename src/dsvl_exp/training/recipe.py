@@ -91,6 +91,7 @@ def setup_data(data_cfg: DictConfig, seed: int):
         eval_split=data_cfg.eval_split,
         max_images_per_sample=data_cfg.max_images_per_sample,
         on_missing_image=data_cfg.on_missing_image,
+        on_bad_record=data_cfg.on_bad_record,
         verify_images=data_cfg.verify_images,
         seed=seed,
         cache_dir=data_cfg.cache_dir,
@@ -115,7 +116,8 @@ def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int
                   redraw_each_epoch: bool = False):
     fitted_train, fitted_eval = (
         fit_to_max_seq_len(conversations, tokenizer, template, tokens_per_image, max_seq_len, split,
-                           cache_path=lengths_cache_path(cache_dir, data.key, split, tokenizer, template, tokens_per_image)
+                           cache_path=lengths_cache_path(cache_dir, data.key, split, tokenizer, template, tokens_per_image,
+                                                         max_seq_len)
                            if cache_dir else None)
         for conversations, split in ((data.train, "train"), (data.eval, "eval"))
     )
