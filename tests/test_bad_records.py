@@ -111,7 +111,7 @@ def test_one_huge_line_costs_no_more_than_a_bounded_prefix(tmp_path):
 
 
 # ---- 7: image bombs, directories, nesting ------------------------------------------------------
-def test_a_decompression_bomb_and_a_directory_are_named_errors(tmp_path):
+def test_a_decompression_bomb_and_a_directory_are_named_errors(tmp_path, tokenizer):
     bomb = png_header(tmp_path / "bomb.png", 20000, 20000)
     (tmp_path / "folder.png").mkdir()
     write_image(tmp_path / "ok.png")
@@ -125,6 +125,9 @@ def test_a_decompression_bomb_and_a_directory_are_named_errors(tmp_path):
         load_image(str(bomb), "s1")  # while training, and in chat
     with pytest.raises(DataError, match=r"sample s1: image path is a directory"):
         load_image(str(tmp_path / "folder.png"), "s1")
+    late = Conversation("s9", (str(bomb),), (Round("q", "a", 1),), source="d.jsonl:9")  # data.verify_images=false
+    with pytest.raises(DataError, match=r"sample s9 \(d\.jsonl:9\): .*bomb\.png: image too large"):
+        ConversationDataset([late], tokenizer, clip_image_processor(16), ChatTemplate())[0]
     kept, skipped = check_image_files([Conversation("x", (str(tmp_path / "ok.png"),), (Round("q", "a", 1),))], "error")
     assert len(kept) == 1 and skipped == 0
 

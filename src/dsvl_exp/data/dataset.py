@@ -58,7 +58,8 @@ class ConversationDataset(Dataset):
         self.epoch = epoch
 
     def pixel_values(self, conversation: Conversation) -> torch.Tensor:
-        images = [load_image(entry, conversation.id) for entry in conversation.images]
+        sample = f"{conversation.id} ({conversation.source})" if conversation.source else conversation.id
+        images = [load_image(entry, sample) for entry in conversation.images]
         if not images:
             size = self.image_processor.crop_size
             return torch.zeros(0, 3, size["height"], size["width"])
