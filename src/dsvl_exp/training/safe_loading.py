@@ -73,6 +73,8 @@ def checkpoint_loading(trust: bool = False, source: object = "") -> Iterator[Non
         with torch.serialization.safe_globals(allowed_types()):
             yield
     except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise  # a damaged file, not a refused object: the caller's error handling applies
         reason = unpickler_reason(str(error))
         raise UntrustedCheckpointError(
             f"refused to load the checkpoint {source}: a file in it holds objects other than tensors and "
