@@ -21,6 +21,7 @@ def cache_dir(tmp_path_factory):
     """Synthetic data and any other cache go to a per-session temp dir, never $HOME."""
     path = tmp_path_factory.mktemp("dsvl_cache")
     os.environ["DSVL_CACHE_DIR"] = str(path)
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))  # the chat history file
     return path
 
 

@@ -79,7 +79,7 @@ def test_parsed_datasets_are_reused_until_their_file_changes(tmp_path, monkeypat
 
     spec = native(tmp_path, 6)
     first = build_conversations(None, spec, [], cache_dir=str(tmp_path / "cache"))
-    assert len(list((tmp_path / "cache").glob("parsed-native-*.pkl"))) == 1
+    assert len(list((tmp_path / "cache").glob("parsed-native-*.json"))) == 1
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("parsed although the file is unchanged")

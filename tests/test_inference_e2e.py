@@ -11,6 +11,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +154,8 @@ def test_chat_in_a_terminal(trained_run, shape_pictures, tmp_path):
         terminal.send("/quit")
         terminal.close()
         assert terminal.process.returncode == 0
+        history = Path(os.environ["XDG_STATE_HOME"]) / "dsvl_exp" / "chat_history"  # readline, kept for the next session
+        assert history.read_text().splitlines()[-3:] == ["/images", "What shape is in image 2?", "/quit"]
     finally:
         if terminal.process.poll() is None:
             terminal.process.kill()

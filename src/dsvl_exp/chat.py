@@ -7,6 +7,8 @@
 Interactive commands: `/image PATH [PATH...]` attaches images to the next question, `/images`
 lists the conversation's images with their numbers, `/clear` starts a new conversation,
 `/quit` (or Ctrl-D) leaves. Any other line is a question; the answer streams as it is generated.
+Lines are edited with readline (arrows, Ctrl-R); the history is kept across sessions in
+`$XDG_STATE_HOME/dsvl_exp/chat_history` (default `~/.local/state/...`), never in the run.
 
 Script lines: `{"images": ["a.png"], "question": "What colour is the shape in image 1?"}`
 (images optional, paths relative to the script file) or `{"clear": true}`. History continues
@@ -95,6 +97,23 @@ def run_script(session, records: list[dict]) -> None:
 
 
 def interactive(session, out=sys.stdout) -> None:
+    from dsvl_exp.inference.line_editing import line_history
+
+    with line_history():
+        conversation_loop(session, out)
+
+
+def image_paths(rest: str) -> list[str]:
+    """`/image` arguments, shell-quoted ("my picture.png"); a ChatError for unbalanced quotes."""
+    from dsvl_exp.inference.session import ChatError
+
+    try:
+        return [str(Path(p).expanduser()) for p in shlex.split(rest)]
+    except ValueError as error:  # shlex: "No closing quotation"
+        raise ChatError(f"/image {rest}: {str(error).lower()}; quote a path with spaces as \"my file.png\"") from None
+
+
+def conversation_loop(session, out) -> None:
     from transformers import TextStreamer
 
     from dsvl_exp.data.errors import DataError
@@ -127,8 +146,8 @@ def interactive(session, out=sys.stdout) -> None:
             print("\n".join(listing) if listing else "(no images yet)", file=out, flush=True)
             continue
         if command == "/image":
-            paths = [str(Path(p).expanduser()) for p in shlex.split(rest)]
             try:
+                paths = image_paths(rest)
                 session.check_round("next question", attached + paths)
             except (ChatError, DataError) as error:
                 print(f"error: {error}", file=out, flush=True)
@@ -160,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     from dsvl_exp.inference.session import ChatSession
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device))
+    loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device),
+                        trust_checkpoint=args.trust_checkpoint)
     session = ChatSession(loaded, settings)
     if records is not None:
         run_script(session, records)

@@ -71,7 +71,7 @@ def evaluate_rank(options: dict, omp_threads: int | None = None) -> list[dict] |
     try:
         torch.manual_seed(args.seed)
         suites = [read_suite(spec) for spec in args.suites]
-        loaded = load_model(args.model, max_images=args.max_images, device=device)
+        loaded = load_model(args.model, max_images=args.max_images, device=device, trust_checkpoint=args.trust_checkpoint)
         conversations = [conv for suite in suites for conv in suite.conversations]
         answers = answer_sharded(loaded, conversations, generation_settings(args), args.batch_size, args.history)
         if world > 1 and dist.get_rank() != 0:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # Checked (and built-in suites generated, a checkpoint exported) once, before any rank starts.
     for spec in args.suites:
         read_suite(spec)
-    resolve_model_dir(args.model)
+    resolve_model_dir(args.model, args.trust_checkpoint)
     options = vars(args)
     if started_by_external_launcher(os.environ) or args.nproc_per_node == 1:
         evaluate_rank(options)

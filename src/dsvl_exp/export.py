@@ -32,6 +32,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("source", nargs="?", help="a run directory or one checkpoint folder (step-NNNNNNNN)")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--keep-adapters", action="store_true", help="write peft adapters beside the base weights")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read the checkpoint's DeepSpeed pickles unrestricted: they can run any code with your "
+                             "account; only for files you or someone you trust wrote (default: weights-only, tensors "
+                             "and DeepSpeed's own types)")
     reference = parser.add_argument_group("importing a DeepSpeed-VisualChat checkpoint")
     reference.add_argument("--from-dsvl", metavar="CHECKPOINT", help="the reference's pytorch_model.bin or a .safetensors")
     reference.add_argument("--vision", help="the HF CLIP folder it was trained with (Qwen-VL: its qwen_clip folder)")
@@ -93,7 +97,7 @@ def export(argv: list[str]) -> int:
     else:
         from dsvl_exp.training.exporting import export_checkpoint
 
-        export_checkpoint(args.source, args.out, keep_adapters=args.keep_adapters)
+        export_checkpoint(args.source, args.out, keep_adapters=args.keep_adapters, trust=args.trust_checkpoint)
     print(f"exported to {args.out}: load with DSVLModel.from_pretrained({args.out!r})")
     return 0
 

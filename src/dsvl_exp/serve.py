@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from dsvl_exp.inference.loading import load_model
 
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device))
+    loaded = load_model(args.model, max_images=args.max_images, device=resolve_device(args.device),
+                        trust_checkpoint=args.trust_checkpoint)
     if args.api:
         return serve_api(args, loaded, policy)
     port = args.port or 7860

@@ -43,6 +43,11 @@ class OnMissingImage(Choice):
     skip = "skip"
 
 
+class OnBadRecord(Choice):
+    error = "error"
+    skip = "skip"
+
+
 class OffloadDevice(Choice):
     none = "none"
     cpu = "cpu"

@@ -23,6 +23,7 @@ from dsvl_exp.config.choices import (
     LauncherKind,
     NonFiniteAction,
     OffloadDevice,
+    OnBadRecord,
     OnMissingImage,
     Precision,
     Scheduler,
@@ -186,6 +187,7 @@ class DataConfig:
     max_images_per_sample: int = 8
     max_seq_len: Optional[int] = 4096  # decoder tokens, each image counting tokens_per_image
     on_missing_image: OnMissingImage = OnMissingImage.error  # skip: counted and logged
+    on_bad_record: OnBadRecord = OnBadRecord.error  # a stray <image> in a text field; skip: counted and logged
     # header | full (decode every image once) | false (existence only); true = header. A str, not an
     # Enum: YAML reads `false` as a boolean; data.checks.verify_mode validates it.
     verify_images: str = "header"
@@ -261,6 +263,9 @@ class ResumeConfig:
     # `resume=auto` / `resume=PATH` on the command line mean `resume.checkpoint=...`.
     checkpoint: Optional[str] = None
     allow_config_change: bool = False  # resume although the config differs in meaning
+    # true: read the checkpoint's DeepSpeed pickles unrestricted (they may run code; only for files you trust).
+    # false: weights-only with DeepSpeed's own types allowed (training/safe_loading.py).
+    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -305,6 +310,13 @@ class LoggerConfig:
 
 
 @dataclass
+class ManifestConfig:
+    # <run dir>/uncommitted.diff: the uncommitted changes of the dsvl_exp checkout, so the exact code can be
+    # rebuilt. It copies whatever dirty tracked files hold (secrets too); false: only its sha256 is recorded.
+    include_diff: bool = True
+
+
+@dataclass
 class Config:
     vision: Any = MISSING
     decoder: Any = MISSING
@@ -321,6 +333,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
     seed: int = 0
 
 

@@ -26,6 +26,7 @@ from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats import get_reader
 from dsvl_exp.data.mixing import concatenation_groups, merge_conversations, split_train_eval, subsample
+from dsvl_exp.data.record_checks import STRAY_PLACEHOLDER, check_record_texts
 from dsvl_exp.data.snapshot import gc_paused, load_snapshot, save_snapshot, snapshot_path
 from dsvl_exp.data.synthetic import ensure_shapes_dataset
 
@@ -69,7 +70,8 @@ def spec_path(spec: dict, data_path: str | None) -> Path:
 
 
 def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_image: str, verify_images,
-             rng: random.Random, built: BuiltData, cache_dir: str | None = None) -> tuple[DatasetDraws, list[int]]:
+             rng: random.Random, built: BuiltData, cache_dir: str | None = None,
+             on_bad_record: str = "error") -> tuple[DatasetDraws, list[int]]:
     """The dataset's draws and the groups its samples use (after `samples` / `weight`)."""
     unknown = set(spec) - SPEC_KEYS
     if unknown:
@@ -91,13 +93,16 @@ def read_one(spec: dict, data_path: str | None, max_images: int, on_missing_imag
     built.skipped_missing_image += skipped
     if skipped:
         log.warning("dataset %s (%s): skipped %d sample(s) with a missing image (data.on_missing_image=skip)", name, path, skipped)
+    conversations, bad = check_record_texts(conversations, on_bad_record, f"{name} ({path})")
+    if bad:
+        built.dropped[STRAY_PLACEHOLDER] = built.dropped.get(STRAY_PLACEHOLDER, 0) + bad
     if not conversations:
         dropped = ", ".join(f"{count} dropped by the rule {rule!r}" for rule, count in loaded.dropped.items())
         raise DataError(f"dataset {name} ({path}): no samples left after filtering ({len(loaded.conversations)} read, "
                         f"{skipped} skipped for missing images{', ' + dropped if dropped else ''}); check the files and the filters")
     counts = [c.num_images for c in conversations]
     check_images_per_sample(conversations, max_images, counts)
-    if skipped:
+    if skipped or bad:
         kept_ids = {id(c) for c in conversations}
         kept = [i for i, c in enumerate(loaded.conversations) if id(c) in kept_ids]
     else:
@@ -130,15 +135,17 @@ def build_conversations(
     verify_images="header",
     seed: int = 0,
     cache_dir: str | None = None,
+    on_bad_record: str = "error",
 ) -> BuiltData:
-    """`cache_dir`: where parsed datasets are kept between runs (see snapshot.py); None: off."""
+    """`cache_dir`: where parsed datasets are kept between runs (see snapshot.py); None: off.
+    `on_bad_record`: error | skip a record with a stray `<image>` (record_checks.py)."""
     with gc_paused():
         return build(synthetic, train, eval, data_path, eval_split, max_images_per_sample, on_missing_image, verify_images,
-                     seed, cache_dir)
+                     seed, cache_dir, on_bad_record)
 
 
 def build(synthetic, train, eval, data_path, eval_split, max_images_per_sample, on_missing_image, verify_images, seed,
-          cache_dir) -> BuiltData:
+          cache_dir, on_bad_record="error") -> BuiltData:
     train_specs, eval_specs = list(train), list(eval)
     if synthetic is not None:
         root = ensure_shapes_dataset(**synthetic)
@@ -154,7 +161,7 @@ def build(synthetic, train, eval, data_path, eval_split, max_images_per_sample, 
             # One generator per dataset: adding a dataset never changes another's draws.
             rng = random.Random(f"{seed}/{role}/{index}/{spec.get('format')}")
             dataset, chosen = read_one(dict(spec), data_path, max_images_per_sample, on_missing_image, verify_images, rng, built,
-                                       cache_dir)
+                                       cache_dir, on_bad_record)
             draws.append(dataset)
             refs += [(index, group) for group in chosen]
         return draws, refs
@@ -165,5 +172,7 @@ def build(synthetic, train, eval, data_path, eval_split, max_images_per_sample, 
     eval_draws, eval_refs = read_all(eval_specs, "eval")
     built.eval = [built.draws[d].sample(g) for d, g in held_out] + [eval_draws[d].sample(g) for d, g in eval_refs]
     settings = {"seed": seed, "eval_split": eval_split, "max_images": max_images_per_sample, "on_missing_image": on_missing_image}
+    if on_bad_record != "error":  # only then: the key (and the caches it names) of existing runs stays the same
+        settings["on_bad_record"] = on_bad_record
     built.key = files_key([train_specs, eval_specs], built.annotation_files, settings)
     return built

@@ -39,9 +39,14 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
-def json_problem(error: json.JSONDecodeError) -> str:
+TOO_DEEP = "JSON nested too deeply to read (brackets within brackets beyond the parser's recursion limit)"
+
+
+def json_problem(error: json.JSONDecodeError | RecursionError) -> str:
     """e.g. "malformed JSON (Unterminated string starting at column 7)": json's own messages
     often end in "at", so the column follows the message rather than repeating the word."""
+    if isinstance(error, RecursionError):
+        return TOO_DEEP
     return f"malformed JSON ({error.msg.removesuffix(' at')} at column {error.colno})"
 
 
@@ -57,6 +62,10 @@ def load_json(path: Path, what: str) -> Any:
         raise DataError(f"{what}: file not found: {path}") from None
     except json.JSONDecodeError as error:
         raise DataError(json_error(path, error, what) + "; fix the file (or delete it if it is a cache so it is rebuilt)") from None
+    except RecursionError:
+        raise DataError(f"{path}: {TOO_DEEP} in the {what} file; fix the file") from None
+    except IsADirectoryError:
+        raise DataError(f"{what}: {path} is a directory, not a file") from None
 
 
 def source_stamps(sources: Sequence[Path]) -> dict[str, list[int]]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.errors import DataError
-from dsvl_exp.data.images import MISSING_PREFIX, decode_base64, image_label
+from dsvl_exp.data.images import MISSING_PREFIX, decode_base64, image_label, too_large
 from dsvl_exp.data.sharding import map_sharded
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def image_problem(entry: str, mode: VerifyImages = VerifyImages.header) -> str |
     if entry.startswith(MISSING_PREFIX):
         return MISSING
     is_base64 = entry.startswith("base64:")
+    if not is_base64 and os.path.isdir(entry):
+        return "the image path is a directory, not an image file"
     if not is_base64 and not os.path.isfile(entry):
         return MISSING
     if mode is VerifyImages.false:
@@ -83,6 +85,8 @@ def image_problem(entry: str, mode: VerifyImages = VerifyImages.header) -> str |
             if mode is VerifyImages.full:
                 image.load()
         return None
+    except Image.DecompressionBombError as error:
+        return too_large(error)
     except (OSError, ValueError, SyntaxError) as error:
         return f"unreadable or corrupt image ({error})"
 

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from dsvl_exp.constants import IMAGE_TOKEN
 from dsvl_exp.data.conversation import Conversation
+from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.images import load_image
+from dsvl_exp.data.length import known_longer_than
 from dsvl_exp.data.template import ChatTemplate, tokenize_round
 
 
@@ -41,6 +44,8 @@ class ConversationDataset(Dataset):
         self.max_seq_len = max_seq_len
         self.tokens_per_image = tokens_per_image
         self.epoch = 0
+        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_token_id = image_token_id if image_token_id != tokenizer.unk_token_id else None
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -53,7 +58,8 @@ class ConversationDataset(Dataset):
         self.epoch = epoch
 
     def pixel_values(self, conversation: Conversation) -> torch.Tensor:
-        images = [load_image(entry, conversation.id) for entry in conversation.images]
+        sample = f"{conversation.id} ({conversation.source})" if conversation.source else conversation.id
+        images = [load_image(entry, sample) for entry in conversation.images]
         if not images:
             size = self.image_processor.crop_size
             return torch.zeros(0, 3, size["height"], size["width"])
@@ -65,6 +71,8 @@ class ConversationDataset(Dataset):
         labels: list[int] = []
         total, kept = 0, 0
         for (prompt, answer), round_ in zip(self.template.render_conversation(conversation), conversation.rounds):
+            if self.max_seq_len is not None and known_longer_than(self.tokenizer, [prompt, answer], self.max_seq_len):
+                break  # a huge text (a re-drawn sample): known without tokenizing all of it
             ids, lab = tokenize_round(self.tokenizer, prompt, answer)
             total += len(ids) + round_.num_images * (self.tokens_per_image - 1)
             if self.max_seq_len is not None and total > self.max_seq_len:
@@ -73,6 +81,17 @@ class ConversationDataset(Dataset):
             labels += lab
             kept += 1
         return input_ids, labels, kept
+
+    def check_image_tokens(self, conversation: Conversation, input_ids: list[int]) -> None:
+        """One image token per image, or the model would fail later without naming the record
+        (record_checks.py catches the known causes up front; this names any other)."""
+        if self.image_token_id is None:
+            return
+        tokens = input_ids.count(self.image_token_id)
+        if tokens != len(conversation.images):
+            raise DataError(f"{conversation.source or 'the data'}: sample {conversation.id} renders {tokens} '{IMAGE_TOKEN}' "
+                            f"token(s) for {len(conversation.images)} image(s); remove stray '{IMAGE_TOKEN}' text from the "
+                            "record (or from data.system_prompt)")
 
     def __getitem__(self, index: int) -> dict:
         conversation = self.conversations[index]
@@ -83,6 +102,7 @@ class ConversationDataset(Dataset):
         if kept < len(conversation.rounds):
             conversation = Conversation(conversation.id, conversation.images[: sum(r.num_images for r in conversation.rounds[:kept])],
                                         conversation.rounds[:kept], conversation.source, conversation.meta)
+        self.check_image_tokens(conversation, input_ids)
         return {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),

@@ -28,15 +28,24 @@ def decode_base64(entry: str) -> bytes:
     return base64.b64decode(entry[len("base64:"):])
 
 
+def too_large(error: Image.DecompressionBombError) -> str:
+    """Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (a decompression bomb guard)."""
+    return f"image too large to decode safely ({error}); resize it (Pillow's limit: PIL.Image.MAX_IMAGE_PIXELS)"
+
+
 def load_image(entry: str, sample: str) -> Image.Image:
     try:
         if entry.startswith("base64:"):
             image = Image.open(io.BytesIO(decode_base64(entry)))
         else:
+            if Path(entry).is_dir():
+                raise DataError(f"sample {sample}: image path is a directory, not an image file: {entry}")
             if entry.startswith(MISSING_PREFIX) or not Path(entry).is_file():
                 raise DataError(f"sample {sample}: image file not found: {entry}")
             image = Image.open(entry)
         return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise DataError(f"sample {sample}: {image_label(entry)}: {too_large(error)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         if isinstance(error, DataError):
             raise

@@ -50,7 +50,15 @@ def round_lengths(conversation: Conversation, tokenizer, template: ChatTemplate,
     return lengths
 
 
-def token_counts(tokenizer, texts: list[str]) -> list[int]:
+# A text longer than (cap + margin) * 32 characters is first tokenized only that far: with more than
+# cap + margin tokens there, the whole is known to be too long (the margin covers a word cut at the
+# end of the prefix), so a 50 MB line costs what 130k characters cost (tokenizing all of it took
+# 11 GB and minutes). Below 32 characters per token on average (any real text), the prefix decides.
+PREFIX_CHARS_PER_TOKEN = 32
+PREFIX_MARGIN = 64
+
+
+def exact_token_counts(tokenizer, texts: list[str]) -> list[int]:
     """Token counts of `texts` (no special tokens). A fast tokenizer's Rust backend is called
     directly: transformers' wrapper around it spends more time building Python lists of ids and
     offsets than the tokenization itself (measured 9.6 s of 27 s for 80k texts)."""
@@ -60,17 +68,41 @@ def token_counts(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def token_counts(tokenizer, texts: list[str], cap: int | None = None) -> list[int]:
+    """Exact counts, except that a count known to exceed `cap` may be any number above it."""
+    if cap is None:
+        return exact_token_counts(tokenizer, texts)
+    bound = (cap + PREFIX_MARGIN) * PREFIX_CHARS_PER_TOKEN
+    long = [i for i, text in enumerate(texts) if len(text) > bound]
+    if not long:
+        return exact_token_counts(tokenizer, texts)
+    counts = exact_token_counts(tokenizer, [text[:bound] for text in texts])
+    undecided = [i for i in long if counts[i] <= cap + PREFIX_MARGIN]
+    for i, count in zip(undecided, exact_token_counts(tokenizer, [texts[i] for i in undecided])):
+        counts[i] = count
+    return counts
+
+
+def known_longer_than(tokenizer, texts: list[str], cap: int) -> bool:
+    """True when `texts` together surely have more than `cap` tokens, decided on prefixes of the
+    texts long enough to matter; False when they fit or are short enough to tokenize outright."""
+    if sum(map(len, texts)) <= (cap + PREFIX_MARGIN) * PREFIX_CHARS_PER_TOKEN:
+        return False
+    return sum(token_counts(tokenizer, texts, cap)) > cap
+
+
 def batched_round_lengths(conversations: Sequence[Conversation], tokenizer, template: ChatTemplate,
-                          tokens_per_image: int, batch: int = 8192) -> list[int]:
+                          tokens_per_image: int, batch: int = 8192, cap: int | None = None) -> list[int]:
     """`round_lengths` of many conversations, flattened, tokenizing in batches; each distinct text
-    is tokenized once (prompt pools and templated questions repeat across a large set)."""
+    is tokenized once (prompt pools and templated questions repeat across a large set). A round
+    longer than `cap` gets some length above `cap` (see token_counts)."""
     flat = []
     bos, eos = int(tokenizer.bos_token_id is not None), 1
     for start in range(0, len(conversations), batch):
         chunk = conversations[start : start + batch]
         texts = [text for c in chunk for prompt, answer in template.render_conversation(c) for text in (prompt, answer)]
         distinct = list(dict.fromkeys(texts))
-        count_of = dict(zip(distinct, token_counts(tokenizer, distinct)))
+        count_of = dict(zip(distinct, token_counts(tokenizer, distinct, cap)))
         k = 0
         for conversation in chunk:
             for round_ in conversation.rounds:
@@ -100,8 +132,10 @@ def rounds_per_conversation(conversations: Sequence[Conversation]) -> np.ndarray
 
 
 def lengths_cache_path(cache_dir: str | Path, data_key: str, split: str, tokenizer, template: ChatTemplate,
-                       tokens_per_image: int) -> Path:
-    key = hashlib.sha256(f"{data_key}/{split}/{tokenizer_sha256(tokenizer)}/{template_sha256(template)}/{tokens_per_image}".encode())
+                       tokens_per_image: int, max_seq_len: int | None = None) -> Path:
+    """`max_seq_len`: the lengths of rounds longer than it are only known to be longer (token_counts)."""
+    key = f"{data_key}/{split}/{tokenizer_sha256(tokenizer)}/{template_sha256(template)}/{tokens_per_image}"
+    key = hashlib.sha256((key + (f"/{max_seq_len}" if max_seq_len is not None else "")).encode())
     return Path(cache_dir).expanduser() / f"lengths-{split}-{key.hexdigest()[:32]}.npz"
 
 
@@ -126,7 +160,7 @@ def save_lengths(path: Path, lengths: RoundLengths) -> None:
 
 
 def all_round_lengths(conversations: Sequence[Conversation], tokenizer, template: ChatTemplate, tokens_per_image: int,
-                      cache_path: Path | None = None) -> RoundLengths:
+                      cache_path: Path | None = None, cap: int | None = None) -> RoundLengths:
     """Per-round decoder lengths of every conversation: from the cache when it matches, else
     computed with the work split across ranks (then cached)."""
     rounds = rounds_per_conversation(conversations)
@@ -136,7 +170,8 @@ def all_round_lengths(conversations: Sequence[Conversation], tokenizer, template
         return cached
     # Shards of whole conversations, in blocks so each rank tokenizes big batches.
     blocks = [conversations[start : start + 8192] for start in range(0, len(conversations), 8192)]
-    per_block = map_sharded(blocks, lambda mine: [batched_round_lengths(block, tokenizer, template, tokens_per_image) for block in mine])
+    per_block = map_sharded(blocks, lambda mine: [batched_round_lengths(block, tokenizer, template, tokens_per_image, cap=cap)
+                                                          for block in mine])
     lengths = RoundLengths(np.fromiter((n for block in per_block for n in block), dtype=np.int32, count=int(rounds.sum())), rounds)
     if cache_path is not None and rank_and_world()[0] == 0:
         save_lengths(cache_path, lengths)
@@ -154,7 +189,7 @@ def fit_to_max_seq_len(
     max_seq_len: int | None, split: str, cache_path: Path | None = None,
 ) -> FittedConversations:
     with gc_paused():
-        lengths = all_round_lengths(conversations, tokenizer, template, tokens_per_image, cache_path)
+        lengths = all_round_lengths(conversations, tokenizer, template, tokens_per_image, cache_path, cap=max_seq_len)
     # Vectorised over all rounds (a Python loop over 1M conversations costs seconds): a round fits
     # when the running total of its conversation up to it is within max_seq_len.
     offsets, rounds = lengths.offsets, lengths.rounds.astype(np.int64)

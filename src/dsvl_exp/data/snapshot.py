@@ -1,11 +1,13 @@
-"""Parsed datasets kept between runs: a warm start loads a pickle instead of parsing JSON.
+"""Parsed datasets kept between runs: a warm start reads one compact JSON file instead of
+running the format's reader (its per-record checks and conversions).
 
-Parsing a 1M-line JSONL index costs ~20 CPU-seconds here (JSON and object creation); loading
-the same conversations pickled costs ~7. A snapshot is written for readers that draw nothing
-(native, llava_json, llava, llava_dial: their output depends only on their files), under the
-user's own cache directory (never beside the data: a pickle is only loaded from a place the
-user owns). It records the size and mtime of every annotation file and of the reader's own
-source file, and is used only while they are unchanged.
+Parsing a 1M-line JSONL index costs ~20 CPU-seconds here (JSON and object creation); a pickle of
+the same conversations loaded in ~7, but unpickling runs whatever code the file names, and a
+`data.cache_dir` may be shared: the snapshot is plain JSON (lists of strings and numbers, rebuilt
+into Conversation/Round here), which cannot run code whoever wrote it. A snapshot is written for
+readers that draw nothing (native, llava_json, llava, llava_dial: their output depends only on their
+files). It records the size and mtime of every annotation file and of the reader's own source file,
+and is used only while they are unchanged; a file that does not parse as one is ignored (parsed again).
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ import inspect
 import json
 import logging
 import os
-import pickle
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from dsvl_exp.data.cache import source_stamps
+from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.formats.registry import LoadedDataset
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # 2: JSON (1 was a pickle, never read again)
 
 
 @contextmanager
@@ -46,18 +48,37 @@ def gc_paused():
 
 def snapshot_path(cache_dir: str | Path, spec: dict, path: Path, max_images: int) -> Path:
     key = json.dumps([VERSION, sorted(spec.items()), str(path), max_images], default=str)
-    return Path(cache_dir).expanduser() / f"parsed-{spec.get('format')}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.pkl"
+    return Path(cache_dir).expanduser() / f"parsed-{spec.get('format')}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
 def reader_stamp(reader) -> dict:
     return source_stamps([Path(inspect.getsourcefile(reader))])
 
 
+def encode(stamps: dict, loaded: LoadedDataset) -> dict:
+    rows = [[c.id, list(c.images), [[r.question, r.answer, r.num_images] for r in c.rounds], c.source, c.meta]
+            for c in loaded.conversations]
+    return {"version": VERSION, "stamps": stamps, "annotation_files": [str(p) for p in loaded.annotation_files],
+            "dropped": loaded.dropped, "conversations": rows}
+
+
+def decode(payload: dict) -> tuple[dict, LoadedDataset]:
+    """KeyError/TypeError/ValueError on anything that is not an encoded snapshot."""
+    if payload["version"] != VERSION:
+        raise ValueError(f"snapshot version {payload['version']}")
+    conversations = [Conversation(str(id_), tuple(map(str, images)), tuple(Round(str(q), str(a), int(n)) for q, a, n in rounds),
+                                  str(source), dict(meta))
+                     for id_, images, rounds, source, meta in payload["conversations"]]
+    dropped = {str(rule): int(count) for rule, count in payload["dropped"].items()}
+    loaded = LoadedDataset(conversations, tuple(Path(p) for p in payload["annotation_files"]), None, dropped)
+    return payload["stamps"], loaded
+
+
 def load_snapshot(path: Path, reader) -> LoadedDataset | None:
     try:
-        with open(path, "rb") as f, gc_paused():
-            stamps, loaded = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError):
+        with open(path, encoding="utf-8") as f, gc_paused():
+            stamps, loaded = decode(json.load(f))
+    except (OSError, KeyError, TypeError, ValueError, AttributeError):  # not ours / damaged: parse again
         return None
     try:
         current = {**source_stamps(loaded.annotation_files), **reader_stamp(reader)}
@@ -75,9 +96,14 @@ def save_snapshot(path: Path, reader, loaded: LoadedDataset) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         stamps = {**source_stamps(loaded.annotation_files), **reader_stamp(reader)}
+        text = json.dumps(encode(stamps, loaded), ensure_ascii=False, separators=(",", ":"))
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "wb") as f:
-            pickle.dump((stamps, loaded), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temporary, path)
-    except OSError as error:  # a cache is an optimisation: a read-only cache dir only costs time
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    except (OSError, TypeError, ValueError) as error:  # a cache is an optimisation: only costs time
         log.warning("could not write the parsed-dataset cache %s: %s", path, error)

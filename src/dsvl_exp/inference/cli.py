@@ -24,6 +24,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto | cpu | cuda | cuda:N (default auto: the GPU when there is one; with several ranks "
                              "each rank takes the GPU of its local rank)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="when MODEL is a checkpoint without export/: read its DeepSpeed pickles unrestricted. "
+                             "They can run any code with your account; use only for files you or someone you trust "
+                             "wrote (default: weights-only, tensors and DeepSpeed's own types)")
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> str:
@@ -58,6 +62,8 @@ def jsonl_records(path: Path, error_type: type[Exception]) -> Iterator[tuple[str
             yield where, json.loads(line)
         except json.JSONDecodeError as error:
             raise error_type(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise error_type(f"{where}: JSON nested too deeply to read (brackets within brackets); fix the line") from None
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, greedy_default: bool = False) -> None:

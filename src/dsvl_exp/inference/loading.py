@@ -49,7 +49,8 @@ def cache_root() -> Path:
     return Path(os.path.expanduser(os.environ.get("DSVL_CACHE_DIR", "~/.cache/dsvl_exp")))
 
 
-def export_checkpoint_cached(checkpoint: Path) -> Path:
+def export_checkpoint_cached(checkpoint: Path, trust: bool = False) -> Path:
+    """Its pickles are read weights-only unless `trust` (training/safe_loading.py)."""
     from dsvl_exp.export import export_checkpoint
 
     checkpoint = checkpoint.resolve()
@@ -61,7 +62,7 @@ def export_checkpoint_cached(checkpoint: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         log.info("exporting checkpoint %s into %s", checkpoint, target)
-        export_checkpoint(checkpoint, staging)
+        export_checkpoint(checkpoint, staging, trust=trust)
         try:
             os.replace(staging, target)
         except OSError:  # another process finished the same export first
@@ -72,8 +73,9 @@ def export_checkpoint_cached(checkpoint: Path) -> Path:
     return target
 
 
-def resolve_model_dir(model: str | Path) -> tuple[Path, Path | None]:
-    """(export folder, the folder whose config.yaml describes the training run, or None)."""
+def resolve_model_dir(model: str | Path, trust_checkpoint: bool = False) -> tuple[Path, Path | None]:
+    """(export folder, the folder whose config.yaml describes the training run, or None).
+    `trust_checkpoint`: a checkpoint's DeepSpeed pickles are read unrestricted (they may run code)."""
     from dsvl_exp.training.exporting import ExportError, resolve_checkpoint
 
     path = Path(model).expanduser()
@@ -91,7 +93,7 @@ def resolve_model_dir(model: str | Path) -> tuple[Path, Path | None]:
             "or checkpoints/latest; point it at a run directory of `python -m dsvl_exp.train`, a checkpoint folder "
             "or an export folder (`python -m dsvl_exp.export`)"
         ) from None
-    return export_checkpoint_cached(checkpoint), checkpoint
+    return export_checkpoint_cached(checkpoint, trust_checkpoint), checkpoint
 
 
 def run_settings(run_dir: Path | None) -> tuple[str, int]:
@@ -110,11 +112,12 @@ def wrap_model(model, tokenizer, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                        images=ImageCache(model.vision.image_processor), max_images=max_images, source=source)
 
 
-def load_model(model: str | Path, max_images: int | None = None, device: str | None = None) -> LoadedModel:
+def load_model(model: str | Path, max_images: int | None = None, device: str | None = None,
+               trust_checkpoint: bool = False) -> LoadedModel:
     from dsvl_exp.models.dsvl import DSVLModel
     from dsvl_exp.models.tokenizer import load_tokenizer
 
-    folder, run_dir = resolve_model_dir(model)
+    folder, run_dir = resolve_model_dir(model, trust_checkpoint)
     system_prompt, run_max_images = run_settings(run_dir)
     network = DSVLModel.from_pretrained(folder)
     if device is not None:

@@ -59,6 +59,8 @@ def read_reference_json(path: Path) -> list[EvalConversation]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read (brackets within brackets); fix the file") from None
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a non-empty object {{test_name: [[question, \"img1 img2\"] | [question], ...]}}")
     conversations = []

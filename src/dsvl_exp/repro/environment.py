@@ -26,6 +26,12 @@ ENV_PREFIXES = ("OMP_", "MKL_", "CUDA_", "NCCL_", "TORCH_", "DS_", "WANDB_", "HF
 # Names that look like credentials are never written, whatever their prefix.
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|SIGNATURE",
                          re.IGNORECASE)
+# Inside recorded values: the user:password of a URL (https://user:pw@host, postgres://u:p@db) and
+# secret-looking key=value pairs (a DSN's password=..., a query's ?token=...).
+URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+SECRET_PAIR = re.compile(r"(?P<key>[\w.-]*(?:KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH|SIGNATURE|PWD)[\w.-]*)"
+                         r"(?P<sep>\s*[=:]\s*)(?P<value>[^&;,\s'\"/]+)", re.IGNORECASE)
+REDACTED = "***"
 NOT_A_GIT_CHECKOUT = "not a git checkout"
 DIFF_FILE = "uncommitted.diff"
 FREEZE_FILE = "pip-freeze.txt"
@@ -64,8 +70,15 @@ def read_freeze(path: Path) -> dict[str, str]:
     return {name.lower(): version for name, version in pairs}
 
 
+def redact(value: str) -> str:
+    """`value` without the credentials it may carry: URL userinfo and secret-looking key=value pairs."""
+    value = URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", value)
+    return SECRET_PAIR.sub(lambda m: f"{m['key']}{m['sep']}{REDACTED}", value)
+
+
 def safe_environment(environ=os.environ) -> dict[str, str]:
-    return {name: value for name, value in sorted(environ.items())
+    """The recorded variables; secret-looking names are left out and credentials inside values redacted."""
+    return {name: redact(value) for name, value in sorted(environ.items())
             if name.startswith(ENV_PREFIXES) and not SECRET_NAME.search(name)}
 
 
@@ -85,9 +98,10 @@ def untracked_sha256(top: Path, paths: list[str], max_bytes: int = 10 << 20) -> 
     return digest.hexdigest()
 
 
-def code_version(run_dir: Path | None = None) -> dict:
+def code_version(run_dir: Path | None = None, include_diff: bool = True) -> dict:
     """The checkout dsvl_exp is imported from: commit, branch, dirty flag; the uncommitted diff
-    is saved beside the manifest so the exact code can be rebuilt."""
+    is saved beside the manifest so the exact code can be rebuilt (it copies whatever the dirty
+    tracked files hold, secrets included: `include_diff=False` keeps only its sha256)."""
     package_dir = Path(dsvl_exp.__file__).resolve().parent
     info: dict = {"dsvl_exp_version": dsvl_exp.__version__, "package_dir": str(package_dir)}
     if shutil.which("git") is None:
@@ -110,7 +124,7 @@ def code_version(run_dir: Path | None = None) -> dict:
         "untracked_sha256": untracked_sha256(top, untracked) if untracked else None,
         "diff_file": None,
     }
-    if diff and run_dir is not None:
+    if diff and run_dir is not None and include_diff:
         (Path(run_dir) / DIFF_FILE).write_text(diff)
         git["diff_file"] = DIFF_FILE
     info["git"] = git

@@ -89,7 +89,9 @@ def seeds_and_determinism(config: dict) -> dict:
 
 
 def begin_manifest(run_dir: Path, config: dict, hydra_info: dict | None = None, argv: list[str] | None = None) -> dict:
-    """The static part, known before the ranks start: what was asked and on what it runs."""
+    """The static part, known before the ranks start: what was asked and on what it runs.
+    Credentials inside the command's arguments are redacted (environment.redact); the diff of
+    uncommitted code is written unless the config's manifest.include_diff is false."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -100,11 +102,11 @@ def begin_manifest(run_dir: Path, config: dict, hydra_info: dict | None = None, 
         "started_at": now_iso(),
         "started_at_unix": time.time(),
         "finished_at": None,
-        "command": list(sys.argv if argv is None else argv),
+        "command": [env_info.redact(arg) for arg in (sys.argv if argv is None else argv)],
         "cwd": os.getcwd(),
         "hydra": hydra_info or {},
         "config": config,
-        "code": env_info.code_version(run_dir),
+        "code": env_info.code_version(run_dir, include_diff=(config.get("manifest") or {}).get("include_diff", True)),
         "environment": env_info.environment(run_dir),
         "hardware": env_info.hardware(),
         "seeds": seeds_and_determinism(config),

@@ -35,6 +35,7 @@ import torch
 
 from dsvl_exp.errors import UserError
 from dsvl_exp.training import distributed
+from dsvl_exp.training.safe_loading import checkpoint_loading
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +266,13 @@ def read_trainer_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / TRAINER_STATE).read_text())
 
 
-def load_checkpoint(engine, checkpoint: Path) -> tuple[dict, dict]:
+def load_checkpoint(engine, checkpoint: Path, trust: bool = False) -> tuple[dict, dict]:
     """Engine state (weights, optimizer, schedule) into `engine`; returns (trainer state, this
-    rank's state). `checkpoint` is a tag folder (`best` resolves to its target)."""
+    rank's state). `checkpoint` is a tag folder (`best` resolves to its target). Its pickles are
+    read weights-only unless `trust` (safe_loading.py)."""
     checkpoint = checkpoint.resolve()
-    load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    with checkpoint_loading(trust, checkpoint):
+        load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint {checkpoint}")
     rank_file = checkpoint / rank_state_file(distributed.rank())

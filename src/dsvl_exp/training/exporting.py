@@ -19,6 +19,7 @@ from torch import nn
 from dsvl_exp import collectives
 from dsvl_exp.errors import UserError
 from dsvl_exp.models.pretrained import save_pretrained
+from dsvl_exp.training.safe_loading import checkpoint_loading
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return folder
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_adapters: bool = False) -> Path:
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_adapters: bool = False,
+                      trust: bool = False) -> Path:
     """Rebuild the model from the checkpoint's config.yaml, consolidate its ZeRO-2/3 shards in
     fp32 (deepspeed.utils.zero_to_fp32) and write the `from_pretrained` folder. One process, no
-    process group. The DeepSpeed checkpoint files are torch pickles written by this project's own
-    training: export only checkpoints you trust (the export folder itself is safetensors)."""
+    process group. The DeepSpeed files are torch pickles: they are read weights-only
+    (training/safe_loading.py) unless `trust`; the export folder itself is safetensors."""
     import json
 
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -126,7 +128,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_ada
     with unpartitioned_construction():
         model = build_model(cfg, tokenizer)
     configure_training(model, cfg)  # the same LoRA layers as in training, so the keys match
-    state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    with checkpoint_loading(trust, folder):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

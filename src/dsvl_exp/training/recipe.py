@@ -55,6 +55,7 @@ from dsvl_exp.training.loop import BatchStream, LoopState, ResumableSampler, mon
 from dsvl_exp.training.model_setup import build_model, configure_training
 from dsvl_exp.training.reporting import print_config_tree, print_parameter_table, print_summary
 from dsvl_exp.training.throughput import device_peak
+from dsvl_exp.training.safe_loading import checkpoint_loading
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def setup_data(data_cfg: DictConfig, seed: int):
         eval_split=data_cfg.eval_split,
         max_images_per_sample=data_cfg.max_images_per_sample,
         on_missing_image=data_cfg.on_missing_image,
+        on_bad_record=data_cfg.on_bad_record,
         verify_images=data_cfg.verify_images,
         seed=seed,
         cache_dir=data_cfg.cache_dir,
@@ -118,7 +120,8 @@ def setup_loaders(data, tokenizer, template: ChatTemplate, tokens_per_image: int
                   redraw_each_epoch: bool = False, pin_memory: bool = False):
     fitted_train, fitted_eval = (
         fit_to_max_seq_len(conversations, tokenizer, template, tokens_per_image, max_seq_len, split,
-                           cache_path=lengths_cache_path(cache_dir, data.key, split, tokenizer, template, tokens_per_image)
+                           cache_path=lengths_cache_path(cache_dir, data.key, split, tokenizer, template, tokens_per_image,
+                                                         max_seq_len)
                            if cache_dir else None)
         for conversations, split in ((data.train, "train"), (data.eval, "eval"))
     )
@@ -172,11 +175,11 @@ def setup_engine(model, optim: DictConfig, max_steps: int, ds_config: dict):
     )
 
 
-def restore(engine, source: Path | None) -> tuple[LoopState, dict]:
+def restore(engine, source: Path | None, trust: bool = False) -> tuple[LoopState, dict]:
     """The loop state and trainer state of `source` (weights etc. go into `engine`)."""
     if source is None:
         return LoopState(), {}
-    trainer_state, rank_state = checkpoints.load_checkpoint(engine, source)
+    trainer_state, rank_state = checkpoints.load_checkpoint(engine, source, trust)
     state = LoopState(**rank_state["loop"])
     state.best_value, state.best_step = trainer_state["best_value"], trainer_state["best_step"]
     checkpoints.set_rng_state(rank_state["rng"])  # last: nothing may draw between here and the loop
@@ -217,7 +220,8 @@ def save_exports(engine, tokenizer, run_dir: Path, checkpoint_dir: Path, final_s
     best_state = checkpoints.read_trainer_state(checkpoint_dir / best)
     best_summary = {"step": best_state["step"], **best_state["last_train"], **best_state["last_eval"]}
     if best != checkpoints.tag_for(final_step):
-        engine.load_checkpoint(str(checkpoint_dir), tag=best)
+        with checkpoint_loading(source=checkpoint_dir / best):  # this run's own files: never needs trust
+            engine.load_checkpoint(str(checkpoint_dir), tag=best)
         export_from_engine(engine, tokenizer, run_dir / "best", training_summary=best_summary)
     elif distributed.is_rank_zero():  # the final weights are the best: the same files
         checkpoints.copy_folder(run_dir / "export", run_dir / "best")
@@ -261,7 +265,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
     max_steps = total_steps(cfg.train.max_steps, cfg.train.epochs, len(train_loader), grad_accum)
     engine, lr_scheduler = setup_engine(model, cfg.optim, max_steps, ds_config)
-    state, resumed = restore(engine, source)
+    state, resumed = restore(engine, source, cfg.resume.trust_checkpoint)
     if rank_zero:  # the manifest's derived values: world size, DeepSpeed JSON, parameters, data
         manifest.record_setup(run_dir, config=config, engine=engine, ds_config=ds_config, world_size=world,
                               grad_accum=grad_accum, parameter_counts=count_parameters(model),

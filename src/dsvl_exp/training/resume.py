@@ -29,7 +29,7 @@ class ResumeError(UserError, ValueError):
 # Keys a resume may change: how long to train, how to log, how to checkpoint and resume.
 # Anything else (model, data, optimizer, seed, eval, ranks ...) changes what the run means.
 CHANGEABLE_KEYS = ("train.max_steps", "train.epochs", "train.log_every_n_steps", "train.progress_bar",
-                   "logger", "resume", "checkpoint")
+                   "logger", "resume", "checkpoint", "manifest")
 
 
 def find_checkpoint(choice: str | None, checkpoint_dir: Path) -> Path | None:

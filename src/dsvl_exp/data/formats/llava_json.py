@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from dsvl_exp.data.cache import json_error, load_json
+from dsvl_exp.data.cache import TOO_DEEP, json_error, load_json
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.common import nonempty_answer
@@ -82,6 +82,8 @@ def load_records(path: Path) -> list[tuple[str, object]]:
             except json.JSONDecodeError as error:
                 error.lineno = line_number
                 raise DataError(json_error(path, error, "llava_json") + f"; expected {EXPECTED}") from None
+            except RecursionError:
+                raise DataError(f"{path}:{line_number}: {TOO_DEEP}; expected {EXPECTED}") from None
     return records
 
 
