@@ -38,6 +38,14 @@ def test_config_differences_ignore_length_logging_and_checkpoint_keys():
     assert config_differences(saved, current) == ["extra", "optim.betas.1"]
 
 
+def test_a_key_added_after_the_checkpoint_changes_nothing_at_its_default():
+    saved = {"data": {"max_seq_len": 64}, "seed": 0}
+    at_default = {"data": {"max_seq_len": 64, "on_bad_record": "error"}, "manifest": {"include_diff": True}, "seed": 0}
+    assert config_differences(saved, at_default) == []
+    changed = {"data": {"max_seq_len": 64, "on_bad_record": "skip"}, "manifest": {"include_diff": True}, "seed": 0}
+    assert config_differences(saved, changed) == ["data.on_bad_record"]
+
+
 def test_truncate_metrics_drops_later_and_cut_records(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": s}) + "\n" for s in (0, 1, 2, 3, 4)) + '{"step": 5, "lo')

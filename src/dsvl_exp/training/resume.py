@@ -134,11 +134,30 @@ def changeable(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in CHANGEABLE_KEYS)
 
 
+def schema_defaults() -> dict:
+    """The schema's default of every dotted key (a key added to the schema after a checkpoint was
+    written is absent from its config; at its default it changes nothing)."""
+    from omegaconf import OmegaConf
+
+    from dsvl_exp.config import schema
+
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(schema.Config), resolve=False))
+    for group, node in (("data", schema.DataConfig), ("zero", schema.ZeroConfig), ("launcher", schema.LauncherConfig)):
+        defaults.update(flatten(OmegaConf.to_container(OmegaConf.structured(node), resolve=False), group))
+    return defaults
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between the checkpoint's config and this run's."""
     before, after = flatten(saved), flatten(current)
-    return sorted(k for k in before.keys() | after.keys()
-                  if not changeable(k) and str(before.get(k, "<absent>")) != str(after.get(k, "<absent>")))
+    defaults = schema_defaults() if after.keys() - before.keys() else {}
+
+    def differs(key: str) -> bool:
+        if key not in before and key in defaults and str(after.get(key)) == str(defaults[key]):
+            return False
+        return str(before.get(key, "<absent>")) != str(after.get(key, "<absent>"))
+
+    return sorted(k for k in before.keys() | after.keys() if not changeable(k) and differs(k))
 
 
 def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: bool) -> None:
