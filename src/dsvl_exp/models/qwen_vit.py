@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dsvl_exp.models.resampler import Resampler, resize_positions
-from dsvl_exp.models.vision import clip_image_processor
+from .resampler import Resampler, resize_positions
+from .vision import clip_image_processor
 
 # Qwen-VL learns a 16x16 positional table whatever the patch grid, and interpolates it.
 POSITIONAL_GRID = 16
