@@ -197,3 +197,39 @@ def test_model_is_a_transformers_model_and_keeps_its_old_name(tokenizer):
     assert isinstance(model, PreTrainedModel) and isinstance(model, GenerationMixin)
     rebuilt = DSVLModel(model.config)  # from its config alone: same architecture
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+V1_KEYS = ("vision", "projection", "decoder", "attention", "image_order", "image_token_id", "pad_token_id", "eos_token_id",
+           "tokens_per_image", "pad_to_multiple_of", "dtype", "adapters", "model_type")
+
+
+def as_format_1(folder):
+    """Turn an export folder into what dsvl_exp wrote before the transformers model class."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**{k: config[k] for k in V1_KEYS}, "format_version": 1}))
+    for path in [*folder.glob("*.py"), folder / "processor_config.json", folder / "chat_template.jinja"]:
+        path.unlink()
+
+
+def test_format_1_folders_load_and_upgrade_with_one_command(tmp_path, tokenizer, caplog):
+    from transformers import AutoModelForImageTextToText
+
+    from dsvl_exp import DSVLModel
+    from dsvl_exp.export import main as export_main
+
+    model = build_tiny_model(tokenizer, attention="mmca", seed=3).eval()
+    old = tmp_path / "old"
+    model.save_pretrained(old, tokenizer=tokenizer)
+    as_format_1(old)
+    images, ids = torch.randn(1, 3, 32, 32), torch.tensor([[tokenizer.bos_token_id, 50, tokenizer.convert_tokens_to_ids("<image>"), 30]])
+    expected = model.generate(images, ids, torch.ones_like(ids), [1], max_new_tokens=6)
+    with caplog.at_level("WARNING"):
+        loaded = DSVLModel.from_pretrained(old)
+    assert "format 1" in caplog.text and "python -m dsvl_exp.export" in caplog.text
+    assert loaded.generate(images, ids, torch.ones_like(ids), [1], max_new_tokens=6) == expected
+    new = tmp_path / "new"
+    assert export_main([str(old), "--out", str(new)]) == 0
+    upgraded = AutoModelForImageTextToText.from_pretrained(new, trust_remote_code=True).eval()
+    assert upgraded.generate(images, ids, torch.ones_like(ids), [1], max_new_tokens=6) == expected

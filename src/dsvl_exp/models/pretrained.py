@@ -28,7 +28,7 @@ from huggingface_hub import load_torch_model, save_torch_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dsvl_exp.models.config import DSVLConfig
+from dsvl_exp.models.config import FORMAT_VERSION, DSVLConfig
 from dsvl_exp.models.lora import lora_scalings, merge_lora_state_dict, split_adapters
 from dsvl_exp.models.processing import DSVLProcessor
 from dsvl_exp.models.vision import CLIPImageProcessor
@@ -125,6 +125,10 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):
         raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}: not a dsvl_exp model folder (write one with "
                                 "`python -m dsvl_exp.export RUN_DIR --out DIR` or DSVLModel.save_pretrained)")
     config = DSVLConfig.load(folder / CONFIG_FILE)
+    if config.format_version < FORMAT_VERSION:
+        log.warning("%s is an export of format %d: dsvl_exp loads it, transformers' Auto classes cannot (it holds no "
+                    "model code); rewrite it with `python -m dsvl_exp.export %s --out NEW_FOLDER`",
+                    folder, config.format_version, folder)
     processor = CLIPImageProcessor.from_pretrained(str(folder)) if (folder / PROCESSOR_FILE).is_file() else None
     # every weight is overwritten below: skip the random initialisation (minutes for a 7B decoder)
     with no_init_weights():
