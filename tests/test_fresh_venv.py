@@ -48,27 +48,35 @@ def project_greedy_ids(model, tokenizer, folder: Path) -> list[int]:
     return model.generate(pixels, ids, torch.ones_like(ids), [2], max_new_tokens=8)[0]
 
 
-def test_export_loads_with_transformers_alone(tmp_path, tokenizer):
-    folder = tmp_path / "export"
-    model = build_tiny_model(tokenizer, attention="mmca", seed=3).eval()
-    model.save_pretrained(folder, tokenizer=tokenizer)
-    expected = project_greedy_ids(model, tokenizer, folder)
-    assert len(expected) >= 3  # (this seed's answer does not end at once)
-
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     pip(python, f"torch=={version('torch')}")  # first and alone: a CPU wheel
     pip(python, f"transformers=={version('transformers')}", f"safetensors=={version('safetensors')}",
         f"pillow=={version('pillow')}", f"numpy=={version('numpy')}")
+    return python
+
+
+@pytest.mark.parametrize("vision", ["clip", "qwen"])
+def test_export_loads_with_transformers_alone(fresh_python, tmp_path, tokenizer, vision):
+    from test_model_family import build
+
+    folder = tmp_path / "export"
+    model = build_tiny_model(tokenizer, attention="mmca", seed=3) if vision == "clip" else build(tokenizer, "qwen", attention="mmca")
+    model.eval().save_pretrained(folder, tokenizer=tokenizer)
+    expected = project_greedy_ids(model, tokenizer, folder)
+    assert len(expected) >= 3  # (these seeds' answers do not end at once)
+
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"), OMP_NUM_THREADS="1")
-    result = subprocess.run([str(python), str(HERE / "fresh_venv_check.py"), str(folder)], cwd=tmp_path, env=env,
+    result = subprocess.run([str(fresh_python), str(HERE / "fresh_venv_check.py"), str(folder)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["modules"] == []  # nothing of dsvl_exp, deepspeed, hydra or peft was imported
-    assert subprocess.run([str(python), "-c", "import dsvl_exp"], capture_output=True).returncode != 0
+    assert subprocess.run([str(fresh_python), "-c", "import dsvl_exp"], capture_output=True).returncode != 0
     assert report["greedy"] == expected
     assert report["beam_shape"] == [1, report["prompt_length"] + 4]
     assert report["stopped"] == expected[:3]

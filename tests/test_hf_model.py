@@ -2,6 +2,7 @@
 template against training's, and `generate` (greedy parity with the reference-input path, KV
 cache, batching with different image counts, beam search, stop strings, streamer)."""
 
+import sys
 import threading
 
 import numpy as np
@@ -130,6 +131,21 @@ def test_auto_classes_greedy_ids_equal_the_project_path(exported, tokenizer, att
         start += count
 
 
+def test_qwen_tower_export_loads_with_the_auto_classes(tmp_path, tokenizer):
+    from transformers import AutoModelForImageTextToText
+
+    from test_model_family import build
+
+    model = build(tokenizer, vision="qwen", attention="mmca").eval()
+    model.save_pretrained(tmp_path, tokenizer=tokenizer)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert type(loaded.vision).__name__ == "QwenVisionTower"
+    ids = torch.tensor([[tokenizer.bos_token_id, 50, tokenizer.convert_tokens_to_ids("<image>"), 30]])
+    images = torch.randn(1, 3, 32, 32)
+    assert (loaded.generate(images, ids, torch.ones_like(ids), [1], max_new_tokens=6)
+            == model.generate(images, ids, torch.ones_like(ids), [1], max_new_tokens=6))
+
+
 @pytest.mark.parametrize("attention", ["causal", "mmca"])
 def test_generate_with_and_without_kv_cache_gives_the_same_tokens(tokenizer, processor, attention):
     model = build_tiny_model(tokenizer, attention=attention, seed=5).eval()
@@ -233,3 +249,20 @@ def test_format_1_folders_load_and_upgrade_with_one_command(tmp_path, tokenizer,
     assert export_main([str(old), "--out", str(new)]) == 0
     upgraded = AutoModelForImageTextToText.from_pretrained(new, trust_remote_code=True).eval()
     assert upgraded.generate(images, ids, torch.ones_like(ids), [1], max_new_tokens=6) == expected
+
+
+def test_the_code_that_travels_imports_only_torch_and_transformers():
+    """What transformers checks before running a folder's code: every file's imports (relative
+    ones travel with it). The fresh-venv test (make test-fresh-venv) runs it for real."""
+    from transformers.dynamic_module_utils import get_imports
+
+    from dsvl_exp.models.pretrained import model_code_files
+
+    files = model_code_files()
+    assert {f.name for f in files} >= {"dsvl.py", "config.py", "processing.py", "mmca.py", "splice.py", "vocabulary.py"}
+    for path in files:
+        third_party = set(get_imports(path)) - set(sys.stdlib_module_names)
+        # safetensors comes with transformers; qwen_vit.py's deepspeed import sits in the ZeRO-3
+        # loader of pretrained tower weights, which only training calls
+        allowed = {"torch", "transformers", "safetensors"} | ({"deepspeed"} if path.name == "qwen_vit.py" else set())
+        assert third_party <= allowed, path.name
