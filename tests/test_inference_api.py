@@ -47,3 +47,22 @@ def test_answer_from_a_run_directory_equals_the_chat_command(trained_run, shape_
     question = "What colour is the shape in image 1?"
     [expected] = chat_script_answers(trained_run, [{"images": [green], "question": question}], tmp_path)
     assert answer(trained_run, [green], question, max_new_tokens=8) == expected["answer"] == "green"
+
+
+def test_chat_model_passes_beam_search_and_repetition_penalty_to_generate(tokenizer, shape_pictures):
+    from dsvl_exp.inference import ChatModel
+    from dsvl_exp.models.vision import clip_image_processor
+
+    model = build_tiny_model(tokenizer, attention="mmca", seed=4).eval()
+    model.vision.image_processor = clip_image_processor(32)
+    red = str(shape_pictures["circle"])
+    question = "What colour is the shape in image 1?"
+    conversation = Conversation("c", (red,), (Round(question, "", 1),))
+    ids = torch.tensor([tokenize_generation_prompt(tokenizer, ChatTemplate(), conversation, 0)])
+    pixels = model.vision.image_processor([Image.open(red)], return_tensors="pt")["pixel_values"]
+    for settings in ({"repetition_penalty": 1e4}, {"num_beams": 3}):
+        new_ids = model.generate(pixels, ids, torch.ones_like(ids), [1], max_new_tokens=6, **settings)[0]
+        expected = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        assert ChatModel.from_model(model, tokenizer, max_new_tokens=6, **settings).ask(question, images=[red]) == expected
+        if "repetition_penalty" in settings:  # no token of the prompt or of the answer so far comes again
+            assert len(set(new_ids)) == len(new_ids) and not set(new_ids) & set(ids[0].tolist())
