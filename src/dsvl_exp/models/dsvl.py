@@ -347,6 +347,9 @@ class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
         expanded, expanded_mask = self.expand_image_tokens(input_ids, attention_mask)
         eos = self.eos_token_id
         kwargs.setdefault("top_k", None)  # sampling is temperature and top-p only unless asked
+        if not kwargs.get("do_sample", False):  # ignored when greedy, as they always were (no warning)
+            for name in ("temperature", "top_p", "top_k"):
+                kwargs.pop(name, None)
         output = self.generate(
             input_ids=expanded, attention_mask=expanded_mask,
             pixel_values=images if images is not None and images.shape[0] else None,
