@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-quick test-browser tokenizer clean
+.PHONY: setup demo test test-quick test-browser test-fresh-venv tokenizer clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: setup
 
 test-quick: setup
 	$(PY) -m pytest -q -m "not slow and not multiprocess"
+
+# An export folder loaded by transformers alone, in a virtual environment built for the test (minutes).
+test-fresh-venv: setup
+	DSVL_TEST_FRESH_VENV=1 $(PY) -m pytest -q tests/test_fresh_venv.py
 
 # The web demo in headless Chromium (Debian's packages; Selenium drives it, nothing is downloaded).
 # The page's screenshot is also copied to outputs/serve_screenshot.png.

@@ -70,3 +70,22 @@ def test_sampling(tokenizer):
     second = model.generate(images, input_ids, mask, image_num, max_new_tokens=6, do_sample=True, temperature=5.0)
     assert first == second and first != greedy
     assert all(0 <= t < len(tokenizer) for row in first for t in row)
+
+
+@pytest.mark.parametrize("attention", ["causal", "mmca", "mmca_legacy"])
+@pytest.mark.parametrize("image_order", ["forward", "reversed_legacy"])
+def test_greedy_ids_equal_the_former_decode_loop(tokenizer, attention, image_order):
+    """Ids the hand-written KV-cache loop produced (tests/golden/greedy_ids.json) before decoding
+    moved to transformers' GenerationMixin: batched and one prompt at a time, 8 steps each."""
+    import json
+    from pathlib import Path
+
+    golden = json.loads((Path(__file__).parent / "golden" / "greedy_ids.json").read_text())["ids"][f"{attention}_{image_order}"]
+    model = build_tiny_model(tokenizer, attention=attention, image_order=image_order, seed=3).eval()
+    model.eos_token_id = -1
+    prompts, image_num, input_ids, mask = prompts_batch(tokenizer)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert model.generate(images, input_ids, mask, image_num, max_new_tokens=8) == golden["batched"]
+    single = [model.generate(images[s:s + n], torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), [n], max_new_tokens=8)[0]
+              for p, n, s in zip(prompts, image_num, [0, 1, 3])]
+    assert single == golden["single"]

@@ -11,22 +11,22 @@ import torch.multiprocessing as mp
 def _rank_main(rank, init_file, results):
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    from dsvl_exp.models.decoder import build_llama_decoder
-    from dsvl_exp.models.generation import decode
+    from conftest import build_tiny_model
+    from dsvl_exp.models.tokenizer import load_tokenizer
 
-    torch.manual_seed(0)
-    decoder = build_llama_decoder(50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, attention="mmca").eval()
+    tokenizer = load_tokenizer()
+    model = build_tiny_model(tokenizer, attention="mmca").eval()
     calls = []
-    decoder.register_forward_hook(lambda *args: calls.append(1))
-    embeds = torch.randn(1, 4, 16)
-    types = torch.tensor([[1, 2, 2, 1]])
-    positions = torch.arange(4)[None]
-    first = decode(decoder, embeds, types, positions, lambda t: {"mmca_token_types": t}, eos_token_id=-1, max_new_tokens=1)[0][0]
+    model.decoder.get_decoder().register_forward_hook(lambda *args: calls.append(1))
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    input_ids = torch.tensor([[tokenizer.bos_token_id, 50, image_id, 30]])
+    images = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.eos_token_id = -1
+    first = model.generate(images, input_ids, torch.ones_like(input_ids), [1], max_new_tokens=1)[0][0]
     # rank 0 stops at its first token; rank 1 never meets its EOS
-    eos = first if rank == 0 else -1
+    model.eos_token_id = first if rank == 0 else -1
     calls.clear()
-    tokens = decode(decoder, embeds, types, positions, lambda t: {"mmca_token_types": t}, eos_token_id=eos,
-                    max_new_tokens=5, synced_gpus=True)[0]
+    tokens = model.generate(images, input_ids, torch.ones_like(input_ids), [1], max_new_tokens=5, synced_gpus=True)[0]
     results[rank] = (len(calls), len(tokens))
     dist.destroy_process_group()
 

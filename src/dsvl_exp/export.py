@@ -1,6 +1,8 @@
-"""Export a model folder that `DSVLModel.from_pretrained` loads offline.
+"""Export a model folder that `DSVLModel.from_pretrained` and transformers' Auto classes
+(`trust_remote_code=True`) load offline.
 
     python -m dsvl_exp.export RUN_DIR --out DIR                 # the run's checkpoints/latest
+    python -m dsvl_exp.export OLD_EXPORT --out DIR              # rewrite an older export folder (format 1)
     python -m dsvl_exp.export RUN_DIR/checkpoints/step-00000500 --out DIR --keep-adapters
     python -m dsvl_exp.export --from-dsvl pytorch_model.bin \\
         --vision /models/clip-vit-large-patch14 --decoder /models/Llama-2-7b-hf --tokenizer /models/Llama-2-7b-hf \\
@@ -24,12 +26,14 @@ from dsvl_exp.errors import UserError
 __all__ = ["export_checkpoint", "main"]
 
 log = logging.getLogger("dsvl_exp.export")
+CONFIG_FILE = "config.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dsvl_exp.export", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", nargs="?", help="a run directory or one checkpoint folder (step-NNNNNNNN)")
+    parser.add_argument("source", nargs="?", help="a run directory, one checkpoint folder (step-NNNNNNNN) or an "
+                        "older export folder to rewrite")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--keep-adapters", action="store_true", help="write peft adapters beside the base weights")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -89,16 +93,37 @@ def import_reference(args: argparse.Namespace) -> None:
     save_pretrained(model, args.out, tokenizer=tokenizer, training_summary=summary)
 
 
+def upgrade_export(source: str, out: str, keep_adapters: bool) -> None:
+    """An export folder of an older format (1: no model code in it) rewritten in today's, which
+    transformers' Auto classes load too. Weights are copied unchanged."""
+    from dsvl_exp.models.config import FORMAT_VERSION, DSVLConfig
+    from dsvl_exp.models.dsvl import DSVLModel
+    from dsvl_exp.models.pretrained import save_pretrained
+    from dsvl_exp.models.tokenizer import load_tokenizer
+
+    folder = Path(source)
+    if Path(out).resolve() == folder.resolve():
+        raise UserError(f"--out {out} is the folder being upgraded; write the new folder elsewhere")
+    old_version = DSVLConfig.load(folder / CONFIG_FILE).format_version
+    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else None
+    save_pretrained(DSVLModel.from_pretrained(folder), out, tokenizer=tokenizer, keep_adapters=keep_adapters,
+                    training_summary={"upgraded_from": str(folder), "format_version": old_version})
+    log.info("rewrote %s (format %s) as format %s", folder, old_version, FORMAT_VERSION)
+
+
 def export(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.from_dsvl:
         import_reference(args)
+    elif (Path(args.source) / CONFIG_FILE).is_file():
+        upgrade_export(args.source, args.out, args.keep_adapters)
     else:
         from dsvl_exp.training.exporting import export_checkpoint
 
         export_checkpoint(args.source, args.out, keep_adapters=args.keep_adapters, trust=args.trust_checkpoint)
-    print(f"exported to {args.out}: load with DSVLModel.from_pretrained({args.out!r})")
+    print(f"exported to {args.out}: load with DSVLModel.from_pretrained({args.out!r}) or transformers' "
+          f"AutoModelForImageTextToText.from_pretrained({args.out!r}, trust_remote_code=True)")
     return 0
 
 

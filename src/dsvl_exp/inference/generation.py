@@ -25,6 +25,9 @@ class GenerationSettings:
     greedy: bool = True
     temperature: float = 0.2
     top_p: float = 1.0
+    top_k: int | None = None  # None: no top-k cut (sampling)
+    repetition_penalty: float = 1.0
+    num_beams: int = 1  # beam search (no streaming)
 
     @property
     def do_sample(self) -> bool:
@@ -78,6 +81,9 @@ def complete_batch(
         do_sample=settings.do_sample,
         temperature=settings.temperature,
         top_p=settings.top_p,
+        top_k=settings.top_k,
+        repetition_penalty=settings.repetition_penalty,
+        num_beams=settings.num_beams,
         streamer=streamer,
     )
     per_image = model.tokens_per_image

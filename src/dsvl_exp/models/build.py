@@ -15,14 +15,13 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from dsvl_exp.models.config import DSVLConfig
-from dsvl_exp.models.decoder import ATTENTION_CHOICES, ATTENTION_IMPLEMENTATIONS
-from dsvl_exp.models.dsvl import DSVLModel
-from dsvl_exp.models.projection import PROJECTION_BUILDERS, BaselineProjection, ViTProjection
-from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
-from dsvl_exp.models.resampler import Resampler
-from dsvl_exp.models.vision import CLIPVisionTower, clip_image_processor
-from dsvl_exp.models.vision_tower import VisionTower, check_vision_tower
+from .config import DSVLConfig
+from .decoder import ATTENTION_CHOICES, ATTENTION_IMPLEMENTATIONS
+from .projection import PROJECTION_BUILDERS, BaselineProjection, ViTProjection
+from .qwen_vit import build_qwen_vision_tower
+from .resampler import Resampler
+from .vision import CLIPVisionTower, clip_image_processor
+from .vision_tower import VisionTower, check_vision_tower
 
 # What a projection builder may ask of the tower in front of it: parameter name -> the contract
 # attribute it is read from. A builder declares the ones it needs in its signature.
@@ -69,22 +68,31 @@ def decoder_attention(decoder: LlamaForCausalLM) -> str:
     return names.get(implementation, "causal")  # sdpa / eager / flash are all plain causal attention
 
 
-def model_config(model: DSVLModel) -> DSVLConfig:
-    """Describe a built model completely (architectures, not pretrained paths)."""
-    first = next(model.parameters())
+def config_from_parts(vision: VisionTower, projection: nn.Module, decoder: LlamaForCausalLM, image_token_id: int,
+                      pad_token_id: int, eos_token_id: int, image_order: str = "forward",
+                      pad_to_multiple_of: int = 8) -> DSVLConfig:
+    """Describe a model composed of these parts completely (architectures, not pretrained paths)."""
+    check_vision_tower(vision)
+    first = next(decoder.parameters())
     return DSVLConfig(
-        vision=model.vision.architecture(),
-        projection=projection_architecture(model.projection),
-        decoder={"type": "llama", "llama_config": model.decoder.config.to_dict()},
-        attention=decoder_attention(model.decoder),
-        image_order=model.image_order,
-        pad_to_multiple_of=model.pad_to_multiple_of,
-        tokens_per_image=model.tokens_per_image,
-        image_token_id=model.image_token_id,
-        pad_token_id=model.pad_token_id,
-        eos_token_id=model.eos_token_id,
+        vision=vision.architecture(),
+        projection=projection_architecture(projection),
+        decoder={"type": "llama", "llama_config": decoder.config.to_dict()},
+        attention=decoder_attention(decoder),
+        image_order=image_order,
+        pad_to_multiple_of=pad_to_multiple_of,
+        tokens_per_image=projection.output_tokens(vision.num_tokens),
+        image_token_id=image_token_id,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
         dtype=str(first.dtype).removeprefix("torch."),
     )
+
+
+def model_config(model) -> DSVLConfig:
+    """Describe a built model as it is now (after LoRA, a dtype change, an edited EOS id)."""
+    return config_from_parts(model.vision, model.projection, model.decoder, model.image_token_id, model.pad_token_id,
+                             model.eos_token_id, model.image_order, model.pad_to_multiple_of)
 
 
 def build_vision_from_architecture(architecture: dict, image_processor=None) -> VisionTower:
@@ -129,29 +137,19 @@ def unpartitioned_construction() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-def build_model_from_config(config: DSVLConfig, image_processor=None) -> DSVLModel:
+def build_model_from_config(config: DSVLConfig, image_processor=None):
     """A randomly initialised model of exactly the described architecture (weights load after);
     never partitioned (see `unpartitioned_construction`)."""
+    from .dsvl import DSVLForConditionalGeneration  # dsvl imports this module
+
     with unpartitioned_construction():
-        return _build_model_from_config(config, image_processor)
+        return DSVLForConditionalGeneration(config, image_processor=image_processor)
 
 
-def _build_model_from_config(config: DSVLConfig, image_processor=None) -> DSVLModel:
+def build_parts(config: DSVLConfig, image_processor=None) -> tuple[VisionTower, nn.Module, LlamaForCausalLM]:
+    """(vision, projection, decoder) of the described architecture, randomly initialised."""
     vision = build_vision_from_architecture(config.vision, image_processor)
     decoder = build_decoder_from_architecture(config.decoder, config.attention)
     settings = {k: v for k, v in config.projection.items() if k != "type"}
     projection = build_projection(config.projection["type"], vision, decoder.config.hidden_size, **settings)
-    model = DSVLModel(
-        vision=vision,
-        projection=projection,
-        decoder=decoder,
-        image_token_id=config.image_token_id,
-        pad_token_id=config.pad_token_id,
-        eos_token_id=config.eos_token_id,
-        image_order=config.image_order,
-        pad_to_multiple_of=config.pad_to_multiple_of,
-    )
-    if config.tokens_per_image is not None and model.tokens_per_image != config.tokens_per_image:
-        raise ValueError(f"config.json says {config.tokens_per_image} visual tokens per image; the described "
-                         f"architecture gives {model.tokens_per_image}")
-    return model
+    return vision, projection, decoder

@@ -1,48 +1,86 @@
-"""DSVLConfig: everything that describes a DSVLModel, as an export's config.json holds it.
+"""DSVLConfig: everything that describes a DSVL model, as an export's config.json holds it.
 
-Written by hand rather than as a transformers `PretrainedConfig`: DSVLModel composes parts that
-each come from their own builder (an HF CLIP or the Qwen-VL tower written here, an HF LLaMA, a
-projection), and the one thing a composite `PretrainedConfig` would add, loading through
-transformers' Auto classes, needs the model registered or `trust_remote_code`. The HF parts keep
-their own config dictionaries inside (`vision.clip_config`, `decoder.llama_config`)."""
+A transformers `PretrainedConfig`, so the folder loads through the Auto classes
+(`trust_remote_code=True`: this file travels in the folder). The composed parts keep their own
+descriptions as dictionaries: `vision` ({"type": "clip", "clip_config": {...}, "feature_layer": -1}
+or {"type": "qwen", ...}), `projection` ({"type": "baseline" | "vit" | "perceiver", its own
+settings}) and `decoder` ({"type": "llama", "llama_config": {...}}): a CLIP or the Qwen-VL tower,
+and an HF LLaMA, each rebuilt by its own builder (models/build.py).
+
+Format versions: 1 (dsvl_exp before the transformers model class: no code in the folder, not
+loadable by the Auto classes) and 2 (this). Both load with `DSVLModel.from_pretrained`; a format-1
+folder is upgraded to 2 by `python -m dsvl_exp.export OLD_FOLDER --out NEW_FOLDER`."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from dsvl_exp.errors import BadFileError
+from transformers import LlamaConfig, PretrainedConfig
 
-FORMAT_VERSION = 1
+try:  # inside dsvl_exp: the project's user errors; the copy that travels in an export folder raises the builtin kinds
+    from dsvl_exp.errors import BadFileError
+except ImportError:
+    BadFileError = ValueError
+
+FORMAT_VERSION = 2
 MODEL_TYPE = "dsvl"
 
 
-@dataclass
-class DSVLConfig:
-    vision: dict  # {"type": "clip", "clip_config": {...}, "feature_layer": -1} or {"type": "qwen", ...}
-    projection: dict  # {"type": "baseline" | "vit" | "perceiver", its own settings (num_queries)}
-    decoder: dict  # {"type": "llama", "llama_config": {...}}
-    attention: str  # causal | mmca | mmca_legacy
-    image_order: str  # forward | reversed_legacy
-    image_token_id: int
-    pad_token_id: int
-    eos_token_id: int
-    tokens_per_image: int | None = None  # checked against the architecture when loading
-    pad_to_multiple_of: int = 8
-    dtype: str = "float32"  # of the saved weights; from_pretrained builds the model in it
-    adapters: list[str] = field(default_factory=list)  # parts with peft adapters in adapters/<part>/
-    model_type: str = MODEL_TYPE
-    format_version: int = FORMAT_VERSION
+class DSVLConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        vision: dict | None = None,
+        projection: dict | None = None,
+        decoder: dict | None = None,
+        attention: str = "causal",  # causal | mmca | mmca_legacy
+        image_order: str = "forward",  # forward | reversed_legacy
+        image_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        tokens_per_image: int | None = None,  # checked against the architecture when building
+        pad_to_multiple_of: int = 8,
+        adapters: list[str] | None = None,  # parts with peft adapters in adapters/<part>/
+        format_version: int = FORMAT_VERSION,
+        **kwargs,
+    ):
+        self.vision = vision or {}
+        self.projection = projection or {}
+        self.decoder = decoder or {}
+        self.attention = attention
+        self.image_order = image_order
+        self.image_token_id = image_token_id
+        self.tokens_per_image = tokens_per_image
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.adapters = list(adapters or [])
+        self.format_version = format_version
+        kwargs.setdefault("tie_word_embeddings", False)  # the decoder's own config says whether it ties
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
+        llama = self.decoder.get("llama_config") or {}
+        # what generation utilities read from a model's config
+        self.vocab_size = llama.get("vocab_size")
+        self.hidden_size = llama.get("hidden_size")
+        self.num_hidden_layers = llama.get("num_hidden_layers")
+
+    def get_text_config(self, decoder=None, encoder=None):
+        """The decoder's LlamaConfig (what generation and caches read: layers, vocabulary)."""
+        llama = self.decoder.get("llama_config")
+        return LlamaConfig.from_dict(llama) if llama else self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = super().to_dict()
+        for derived in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            data.pop(derived, None)
+        return data
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        Path(path).write_text(self.to_json_string(use_diff=False))
 
     @classmethod
     def load(cls, path: Path) -> "DSVLConfig":
+        """Read a config.json of format 1 or 2, with a message that names the file on any mismatch."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -54,8 +92,4 @@ class DSVLConfig:
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise BadFileError(f"{path}: format_version {data['format_version']} is newer than this dsvl_exp "
                                f"reads ({FORMAT_VERSION}); upgrade dsvl_exp")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadFileError(f"{path}: unknown keys {unknown}")
-        return cls(**data)
+        return cls.from_dict(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dsvl_exp.models.mmca import MMCA_IMPLEMENTATIONS
+from .mmca import MMCA_IMPLEMENTATIONS
 
 # decoder.attention -> transformers attn_implementation (mmca ones registered by models.mmca)
 ATTENTION_IMPLEMENTATIONS = {"causal": "sdpa", **{name: name for name in MMCA_IMPLEMENTATIONS}}

@@ -1,19 +1,38 @@
-"""DSVLModel: vision tower -> projection -> splice into text embeddings -> LLaMA decoder."""
+"""DSVLForConditionalGeneration (alias DSVLModel): vision tower -> projection -> image features
+in the text embeddings -> LLaMA decoder, as a transformers `PreTrainedModel` + `GenerationMixin`.
+
+Two input contracts, one model:
+- the reference's (training, `images` + `image_num`): one `<image>` token per image, which
+  `splice_images` widens to the image's visual tokens (models/splice.py);
+- transformers' (`pixel_values`, what `DSVLProcessor` returns): the processor has already expanded
+  every `<image>` to `tokens_per_image` image tokens, and the features are written into those
+  positions with `masked_scatter`, as transformers' LLaVA does. MMCA's token types come from the
+  ids (`mm_token_type_ids`, 1 at image tokens), which `generate` extends with text (0) for every new
+  token, so they follow the KV cache.
+
+This file and the ones it imports relatively travel into every export folder (transformers'
+`trust_remote_code`): they import torch and transformers only, never the rest of dsvl_exp."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from dsvl_exp.constants import IGNORE_INDEX
-from dsvl_exp.models.generation import decode
-from dsvl_exp.models.decoder import uses_mmca
-from dsvl_exp.models.mmca import TOKEN_TYPES_KWARG
-from dsvl_exp.models.splice import SplicedBatch, splice_images
+from .build import build_parts, config_from_parts
+from .config import DSVLConfig
+from .decoder import uses_mmca
+from .mmca import TOKEN_TYPES_KWARG
+from .splice import IMAGE, PAD, TEXT, SplicedBatch, image_permutation, splice_images
+from .vocabulary import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
+_INSIDE_DSVL_EXP = __name__.startswith("dsvl_exp.")
 
 
 class DSVLOutput:
@@ -66,58 +85,87 @@ def supervised_lm_loss(hidden_states: torch.Tensor, lm_head: nn.Module, labels: 
     return F.cross_entropy(logits.float(), next_labels.index_select(0, rows)), count
 
 
-class DSVLModel(nn.Module):
-    """The composed model.
+class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """The composed model, built from its `DSVLConfig` (`DSVLForConditionalGeneration(config)`) or
+    from parts already built (`DSVLModel(vision, projection, decoder, image_token_id, pad_token_id,
+    eos_token_id, image_order=..., pad_to_multiple_of=...)`, what training does with pretrained
+    parts). Building from parts initialises nothing: the parts keep their weights (and the RNG its state).
 
     The decoder's own input-embedding table is the trainable "language embedding" the
     reference keeps as a separate copy (`lang_embed`): with one table, tokens produced by
     `generate` are embedded with the same weights that training updated.
     """
 
-    def __init__(
-        self,
-        vision: nn.Module,
-        projection: nn.Module,
-        decoder: nn.Module,
-        image_token_id: int,
-        pad_token_id: int,
-        eos_token_id: int,
-        image_order: str = "forward",
-        pad_to_multiple_of: int = 8,
-    ):
-        super().__init__()
+    config_class = DSVLConfig
+    base_model_prefix = "dsvl"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+
+    def __init__(self, config=None, *parts, image_processor=None, **glue):
+        if config is None or isinstance(config, nn.Module):  # the parts-first form
+            names = ("vision", "projection", "decoder", "image_token_id", "pad_token_id", "eos_token_id")
+            glue.update(zip(names, (config, *parts) if config is not None else parts))
+            vision, projection, decoder = (glue.pop(name) for name in names[:3])
+            config = config_from_parts(vision, projection, decoder, **glue)
+            built_here = False
+        else:
+            vision, projection, decoder = build_parts(config, image_processor)
+            built_here = True
+        super().__init__(config)
         self.vision = vision
         self.projection = projection
         self.decoder = decoder
-        self.image_token_id = image_token_id
-        self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
-        self.image_order = image_order
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.image_token_id = config.image_token_id
+        self.pad_token_id = config.pad_token_id
+        self.eos_token_id = config.eos_token_id
+        self.image_order = config.image_order
+        self.pad_to_multiple_of = config.pad_to_multiple_of
+        if config.tokens_per_image is not None and self.tokens_per_image != config.tokens_per_image:
+            raise ValueError(f"config.json says {config.tokens_per_image} visual tokens per image; the described "
+                             f"architecture gives {self.tokens_per_image}")
+        self._parts_given = not built_here
+        self.post_init()
 
-    # ---- save / load (models/pretrained.py) ----------------------------------------------------
-    @property
-    def config(self):
-        """The DSVLConfig describing this model (what config.json holds)."""
-        from dsvl_exp.models.build import model_config
+    def init_weights(self):
+        # Parts given already hold their weights: transformers' init pass would re-draw those of
+        # the parts that are not transformers models (projection, Qwen tower) and move the RNG.
+        if self._parts_given:
+            self.tie_weights(recompute_mapping=False)
+            return
+        super().init_weights()
 
-        return model_config(self)
+    def _init_weights(self, module):
+        """Nothing to do: every part initialises itself when built (the HF parts by their own
+        `_init_weights`, the projection and the Qwen tower in their constructors)."""
 
-    def save_pretrained(self, out_dir, *, tokenizer=None, state_dict=None, keep_adapters: bool = False,
-                        training_summary: dict | None = None, max_shard_size="5GB"):
-        """A self-contained folder that `DSVLModel.from_pretrained` loads offline (see models/pretrained.py)."""
-        from dsvl_exp.models.pretrained import save_pretrained
-
-        return save_pretrained(self, out_dir, state_dict=state_dict, tokenizer=tokenizer, keep_adapters=keep_adapters,
-                               training_summary=training_summary, max_shard_size=max_shard_size)
+    # ---- save / load -----------------------------------------------------------------------------
+    # Inside dsvl_exp (not the copy of this file that travels in an export folder) the project's
+    # folder format is used: strict weight loading, kept peft adapters, format-1 folders, tokenizer,
+    # processor and model card (models/pretrained.py, which imports peft: looked up by name so
+    # that transformers' import check of the travelling copy does not ask for dsvl_exp).
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if not _INSIDE_DSVL_EXP:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        return importlib.import_module("dsvl_exp.models.pretrained").save_pretrained(self, save_directory, *args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None) -> "DSVLModel":
-        """Rebuild a saved/exported model; `model.vision.image_processor` prepares its images and
-        `dsvl_exp.models.tokenizer.load_tokenizer(path)` loads its tokenizer."""
-        from dsvl_exp.models.pretrained import from_pretrained
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if not _INSIDE_DSVL_EXP:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return importlib.import_module("dsvl_exp.models.pretrained").from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
-        return from_pretrained(path, dtype=dtype)
+    # ---- the parts -------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value) -> None:
+        self.decoder.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.decoder.get_output_embeddings()
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -137,7 +185,7 @@ class DSVLModel(nn.Module):
     def tokens_per_image(self) -> int:
         return self.projection.output_tokens(self.vision.num_tokens)
 
-    def gradient_checkpointing_enable(self) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
         self.vision.gradient_checkpointing_enable()
         # non-reentrant: correct when the decoder is frozen and only its inputs carry grad
         self.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -152,6 +200,7 @@ class DSVLModel(nn.Module):
             features = self.vision(images)
         return self.projection(features.to(next(self.projection.parameters()).dtype))
 
+    # ---- the reference's contract: one <image> token per image -----------------------------------
     def splice(self, images, input_ids, attention_mask, image_num, labels=None, padding_side="right", pad_to_multiple_of=None) -> SplicedBatch:
         text_embeds = self.embed_tokens(input_ids)
         # through the module, not `.weight[...]`: under ZeRO-3 the weight is gathered only
@@ -172,8 +221,17 @@ class DSVLModel(nn.Module):
             padding_side=padding_side,
         )
 
-    def forward(self, images, input_ids, attention_mask, labels=None, image_num=None) -> DSVLOutput:
-        """Reference I/O: images [total_images, 3, H, W], image_num a per-sample list."""
+    def forward(self, images=None, input_ids=None, attention_mask=None, labels=None, image_num=None, *,
+                pixel_values=None, mm_token_type_ids=None, position_ids=None, cache=None, use_cache=None,
+                logits_to_keep=0, **kwargs):
+        """`images` [total_images, 3, H, W] with `image_num` (a per-sample list): the reference's I/O,
+        one `<image>` per image. `pixel_values`: transformers' I/O (placeholders already expanded)."""
+        if images is not None or image_num is not None:
+            return self._reference_forward(images, input_ids, attention_mask, labels, image_num)
+        return self._expanded_forward(input_ids, attention_mask, labels, pixel_values, mm_token_type_ids,
+                                      position_ids, cache, use_cache, logits_to_keep)
+
+    def _reference_forward(self, images, input_ids, attention_mask, labels, image_num) -> DSVLOutput:
         if image_num is None:
             image_num = [int(images.shape[0])] if input_ids.shape[0] == 1 else None
             if image_num is None:
@@ -196,35 +254,129 @@ class DSVLModel(nn.Module):
         # only within the engine's forward, by every rank together (a later call on one rank hangs).
         return DSVLOutput(loss=loss, logits=lm_head(hidden_states), num_supervised_tokens=count)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        images: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_num: list[int],
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        synced_gpus: bool = False,
-        streamer=None,
-    ) -> list[list[int]]:
-        """Continue a left-padded batch of prompts; returns the new token ids of each, cut at EOS.
+    # ---- transformers' contract: placeholders expanded by the processor --------------------------
+    def _expanded_forward(self, input_ids, attention_mask, labels, pixel_values, mm_token_type_ids, position_ids,
+                          cache, use_cache, logits_to_keep) -> CausalLMOutputWithPast:
+        is_image = input_ids == self.image_token_id
+        embeds = self.embed_tokens(input_ids)
+        if pixel_values is not None and (cache is None or cache.get_seq_length() == 0):
+            embeds = self.place_image_features(embeds, is_image, pixel_values)
+        if attention_mask is None:  # every position, cached ones included, is real
+            past = cache.get_seq_length() if cache is not None else 0
+            attention_mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long, device=input_ids.device)
+        if mm_token_type_ids is None:  # no cache to follow: the ids say where the images are
+            mm_token_type_ids = is_image.long()
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        if self.uses_mmca:  # the types of every key, cached positions included
+            types = torch.where(attention_mask.bool(), torch.where(mm_token_type_ids.bool(), IMAGE, TEXT), PAD)
+            mask = {TOKEN_TYPES_KWARG: types}
+        else:
+            mask = {"attention_mask": attention_mask}
+        outputs = self.decoder.get_decoder()(inputs_embeds=embeds, position_ids=position_ids, cache=cache,
+                                             use_cache=use_cache, **mask)
+        hidden_states = outputs.last_hidden_state
+        lm_head = self.decoder.get_output_embeddings()
+        loss = None
+        if labels is not None:
+            loss, _ = supervised_lm_loss(hidden_states, lm_head, labels.masked_fill(is_image, IGNORE_INDEX))
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return CausalLMOutputWithPast(loss=loss, logits=lm_head(hidden_states[:, keep]), cache=outputs.cache)
 
-        `synced_gpus`: keep stepping until every rank is done (ZeRO-3 gathers collectively)."""
-        spliced = self.splice(images, input_ids, attention_mask, image_num, padding_side="left", pad_to_multiple_of=1)
-        return decode(
-            self.decoder,
-            spliced.embeds,
-            spliced.attention_mask,
-            spliced.position_ids,
-            self.mask_kwargs,
-            eos_token_id=self.eos_token_id,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            synced_gpus=synced_gpus,
-            streamer=streamer,
+    def place_image_features(self, embeds: torch.Tensor, is_image: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Write each image's visual tokens into its run of image tokens (document order, or
+        each sample's images reversed under `image_order=reversed_legacy`)."""
+        features = self.encode_images(pixel_values.to(self.embed_tokens.weight.device))
+        tokens = features.shape[0] * self.tokens_per_image
+        if int(is_image.sum()) != tokens:
+            raise ValueError(f"the ids hold {int(is_image.sum())} image tokens but {features.shape[0]} image(s) need "
+                             f"{tokens} ({self.tokens_per_image} each): expand every <image> with DSVLProcessor")
+        image_num = (is_image.sum(dim=1) // self.tokens_per_image).tolist()
+        features = features[image_permutation(image_num, self.image_order, features.device)]
+        return embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]).to(embeds.dtype))
+
+    def prepare_inputs_for_generation(self, input_ids, *args, mm_token_type_ids=None, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        # MMCA needs the types of all keys, not of this step's tokens only (what the base slices to)
+        if mm_token_type_ids is not None:
+            inputs["mm_token_type_ids"] = mm_token_type_ids
+        return inputs
+
+    def expand_image_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference ids (one `<image>` per image) -> transformers' ids (`tokens_per_image` each),
+        left-padded with `pad_token_id`."""
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            kept = [token for token, keep in zip(ids, mask) if keep]
+            rows.append([t for token in kept for t in ([token] * self.tokens_per_image if token == self.image_token_id else [token])])
+        length = max(len(row) for row in rows)
+        expanded = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        expanded_mask = torch.zeros_like(expanded)
+        for index, row in enumerate(rows):
+            expanded[index, length - len(row):] = torch.tensor(row, dtype=torch.long)
+            expanded_mask[index, length - len(row):] = 1
+        return expanded.to(input_ids.device), expanded_mask.to(input_ids.device)
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """transformers' `generate` (greedy, sampling, beam search, stop strings, streamers, ...).
+
+        Given the reference's inputs (`generate(images, input_ids, attention_mask, image_num, ...)`,
+        one `<image>` per image) it expands them first and returns each row's new token ids cut at
+        EOS (a list of lists), as `DSVLModel.generate` always did; a streamer then receives the new
+        tokens only."""
+        if args and torch.is_tensor(args[0]) and args[0].is_floating_point() and args[0].dim() == 4:
+            names = ("images", "input_ids", "attention_mask", "image_num")
+            kwargs.update(zip(names, args))
+            args = ()
+        if "images" in kwargs or "image_num" in kwargs:
+            return self._generate_from_reference_inputs(**kwargs)
+        input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        if input_ids is not None and "mm_token_type_ids" not in kwargs:
+            kwargs["mm_token_type_ids"] = (input_ids == self.image_token_id).long()  # new tokens join as text
+        return super().generate(*args, **kwargs)
+
+    def _generate_from_reference_inputs(self, input_ids, images=None, attention_mask=None, image_num=None,
+                                        max_new_tokens: int = 32, streamer=None, **kwargs) -> list[list[int]]:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        counts = (input_ids == self.image_token_id).logical_and(attention_mask.bool()).sum(dim=1).tolist()
+        if image_num is not None and counts != list(image_num):
+            raise ValueError(f"<image> tokens per sample {counts} do not match image_num {list(image_num)}; "
+                             "every <image> placeholder needs exactly one image")
+        expanded, expanded_mask = self.expand_image_tokens(input_ids, attention_mask)
+        eos = self.eos_token_id
+        kwargs.setdefault("top_k", None)  # sampling is temperature and top-p only unless asked
+        if not kwargs.get("do_sample", False):  # ignored when greedy, as they always were (no warning)
+            for name in ("temperature", "top_p", "top_k"):
+                kwargs.pop(name, None)
+        output = self.generate(
+            input_ids=expanded, attention_mask=expanded_mask,
+            pixel_values=images if images is not None and images.shape[0] else None,
+            max_new_tokens=max_new_tokens, eos_token_id=eos if eos is not None and eos >= 0 else None,
+            pad_token_id=self.pad_token_id, streamer=_NewTokensOnly(streamer) if streamer is not None else None,
+            **kwargs,
         )
+        results = []
+        for row in output[:, expanded.shape[1]:].tolist():
+            results.append(row[: row.index(eos)] if eos in row else row)
+        return results
+
+
+class _NewTokensOnly:
+    """A streamer that skips the prompt `generate` sends first (the reference-input path's streamers
+    have always received new tokens only)."""
+
+    def __init__(self, streamer):
+        self.streamer, self.prompt_seen = streamer, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.streamer.put(value)
+        self.prompt_seen = True
+
+    def end(self):
+        self.streamer.end()
+
+
+DSVLModel = DSVLForConditionalGeneration  # the name the project, its README and users call it by

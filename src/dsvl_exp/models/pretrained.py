@@ -1,20 +1,26 @@
 """A self-contained model folder: `save_pretrained` writes it, `from_pretrained` rebuilds the
 model from it offline, with no run config.
 
-    config.json                  the whole model (models/config.py)
+    config.json                  the whole model (models/config.py), with the Auto classes' `auto_map`
+    *.py                         the model code (dsvl.py and what it imports, processing.py), for
+                                 transformers' `trust_remote_code=True`: no dsvl_exp needed to load it
     model.safetensors            weights; above `max_shard_size` model-0000k-of-0000n.safetensors + index
     preprocessor_config.json     the vision tower's image processor
     tokenizer files              when a tokenizer was given (load with models.tokenizer.load_tokenizer)
+    processor_config.json,       DSVLProcessor and its chat template (AutoProcessor), when a
+    chat_template.jinja          tokenizer was given
     adapters/<part>/             peft adapters (adapter_config.json + adapter_model.safetensors), only
                                  when written with keep_adapters=True; otherwise LoRA is merged
     README.md                    what the model is and how it was trained
 
-Weights are read with safetensors only (no pickle); nothing from the folder is executed."""
+Weights are read with safetensors only (no pickle); `DSVLModel.from_pretrained` executes nothing
+from the folder (the code files there are for transformers' Auto classes)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,8 +29,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dsvl_exp.errors import BadFileError, MissingFileError
-from dsvl_exp.models.config import DSVLConfig
+from dsvl_exp.models.config import FORMAT_VERSION, DSVLConfig
 from dsvl_exp.models.lora import lora_scalings, merge_lora_state_dict, split_adapters
+from dsvl_exp.models.processing import DSVLProcessor
 from dsvl_exp.models.vision import CLIPImageProcessor
 
 log = logging.getLogger(__name__)
@@ -68,12 +75,43 @@ def save_pretrained(model, out_dir: str | Path, *, state_dict: dict | None = Non
     if floating:
         config.dtype = str(max(set(floating), key=floating.count)).removeprefix("torch.")
     save_torch_state_dict(state, str(out), max_shard_size=max_shard_size)
+    write_model_code(out, config)
     config.save(out / CONFIG_FILE)
     model.vision.image_processor.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+        processor = DSVLProcessor(image_processor=model.vision.image_processor, tokenizer=tokenizer,
+                                  tokens_per_image=model.tokens_per_image)
+        processor.register_for_auto_class("AutoProcessor")
+        processor.save_pretrained(str(out))
     (out / "README.md").write_text(model_card(config, training_summary))
     return out
+
+
+AUTO_MAP = {
+    "AutoConfig": "config.DSVLConfig",
+    "AutoModelForImageTextToText": "dsvl.DSVLForConditionalGeneration",
+    "AutoModelForCausalLM": "dsvl.DSVLForConditionalGeneration",
+    "AutoProcessor": "processing.DSVLProcessor",
+}
+
+
+def model_code_files() -> list[Path]:
+    """The files that travel: dsvl.py, processing.py and everything they import relatively."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    here = Path(__file__).resolve().parent
+    files = {here / "dsvl.py", here / "processing.py"}
+    for entry in list(files):
+        files.update(Path(f) for f in get_relative_import_files(str(entry)))
+    return sorted(files)
+
+
+def write_model_code(out: Path, config) -> None:
+    for source in model_code_files():
+        shutil.copyfile(source, out / source.name)
+    config.auto_map = dict(AUTO_MAP)
+    config.architectures = ["DSVLForConditionalGeneration"]
 
 
 def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):
@@ -88,6 +126,10 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):
         raise MissingFileError(f"{folder} holds no {CONFIG_FILE}: not a dsvl_exp model folder (write one with "
                                "`python -m dsvl_exp.export RUN_DIR --out DIR` or DSVLModel.save_pretrained)")
     config = DSVLConfig.load(folder / CONFIG_FILE)
+    if config.format_version < FORMAT_VERSION:
+        log.warning("%s is an export of format %d: dsvl_exp loads it, transformers' Auto classes cannot (it holds no "
+                    "model code); rewrite it with `python -m dsvl_exp.export %s --out NEW_FOLDER`",
+                    folder, config.format_version, folder)
     processor = CLIPImageProcessor.from_pretrained(str(folder)) if (folder / PROCESSOR_FILE).is_file() else None
     # every weight is overwritten below: skip the random initialisation (minutes for a 7B decoder)
     with no_init_weights():
@@ -138,13 +180,21 @@ def model_card(config: DSVLConfig, training_summary: dict | None) -> str:
         "",
         "A DeepSpeed-VisualChat-style model: vision tower -> projection -> LLaMA decoder.",
         "",
+        "Loads with transformers alone (torch, transformers, safetensors, pillow); the model code is in this folder:",
+        "",
         "```python",
-        "from dsvl_exp import DSVLModel",
-        "from dsvl_exp.models.tokenizer import load_tokenizer",
-        "model = DSVLModel.from_pretrained(FOLDER)      # offline, no training config",
-        "tokenizer = load_tokenizer(FOLDER)",
-        "processor = model.vision.image_processor",
+        "from PIL import Image",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "model = AutoModelForImageTextToText.from_pretrained(FOLDER, trust_remote_code=True)",
+        "processor = AutoProcessor.from_pretrained(FOLDER, trust_remote_code=True)",
+        'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in image 1?"}]}]',
+        "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
+        'inputs = processor(text=prompt, images=[Image.open("picture.png")])',
+        "new_ids = model.generate(**inputs, max_new_tokens=64)[:, inputs[\"input_ids\"].shape[1]:]",
+        "print(processor.batch_decode(new_ids, skip_special_tokens=True)[0])",
         "```",
+        "",
+        "With dsvl_exp installed: `dsvl_exp.DSVLModel.from_pretrained(FOLDER)` and `python -m dsvl_exp.chat FOLDER`.",
         "",
         f"- vision: {vision_line}",
         f"- projection: {config.projection['type']} ({config.tokens_per_image} visual tokens per image)",

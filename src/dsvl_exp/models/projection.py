@@ -12,7 +12,7 @@ from torch import nn
 from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from dsvl_exp.models.resampler import Resampler
+from .resampler import Resampler
 
 
 class BaselineProjection(nn.Module):

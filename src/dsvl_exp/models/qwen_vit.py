@@ -16,9 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dsvl_exp.errors import MissingFileError
-from dsvl_exp.models.resampler import Resampler, resize_positions
-from dsvl_exp.models.vision import clip_image_processor
+try:  # inside dsvl_exp: the project's user errors; the copy that travels in an export folder raises the builtin kinds
+    from dsvl_exp.errors import MissingFileError
+except ImportError:
+    MissingFileError = FileNotFoundError
+
+from .resampler import Resampler, resize_positions
+from .vision import clip_image_processor
 
 # Qwen-VL learns a 16x16 positional table whatever the patch grid, and interpolates it.
 POSITIONAL_GRID = 16

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dsvl_exp.constants import IGNORE_INDEX, round_up
+from .vocabulary import IGNORE_INDEX, round_up
 
 IMAGE_ORDERS = ("forward", "reversed_legacy")
-TEXT, IMAGE = 1, 2
+PAD, TEXT, IMAGE = 0, 1, 2
 
 
 @dataclass
@@ -26,7 +26,7 @@ class SplicedBatch:
     position_ids: torch.Tensor  # [batch, length]
 
 
-def _image_permutation(image_num: list[int], image_order: str, device) -> torch.Tensor:
+def image_permutation(image_num: list[int], image_order: str, device) -> torch.Tensor:
     if image_order not in IMAGE_ORDERS:
         raise ValueError(f"model.image_order={image_order!r} is not one of {IMAGE_ORDERS}")
     ranges, start = [], 0
@@ -96,7 +96,7 @@ def splice_images(
         offsets = torch.arange(tokens_per_image, device=device)
         targets = position[image_rows, image_cols][:, None] + offsets  # [num_images, tokens]
         rows = image_rows[:, None].expand_as(targets)
-        ordered = image_embeds[_image_permutation(image_num, image_order, device)]
+        ordered = image_embeds[image_permutation(image_num, image_order, device)]
         embeds[rows, targets] = ordered.to(embeds.dtype)
         out_mask[rows, targets] = IMAGE
 
