@@ -53,8 +53,11 @@ def drift_warnings(manifest: dict, run_dir: Path) -> list[str]:
             warnings.append(f"code: commit {current.get('commit', '')[:12]} now, {recorded.get('commit', '')[:12]} then")
         if (recorded.get("diff_sha256"), recorded.get("untracked_sha256")) != (
                 current.get("diff_sha256"), current.get("untracked_sha256")):
-            warnings.append("code: the uncommitted changes differ from the run's (its diff is in "
-                            f"{run_dir / environment.DIFF_FILE})")
+            saved_diff = run_dir / environment.DIFF_FILE
+            where = f"its diff is in {saved_diff}" if saved_diff.is_file() else "it had no diff of tracked files"
+            if recorded.get("untracked") != current.get("untracked"):
+                where += f"; untracked files then: {recorded.get('untracked') or 'none'}, now: {current.get('untracked') or 'none'}"
+            warnings.append(f"code: the uncommitted changes differ from the run's ({where})")
     elif recorded != current:
         warnings.append(f"code: {recorded!r} then, {current!r} now")
     then = environment.read_freeze(run_dir / environment.FREEZE_FILE)

@@ -34,6 +34,7 @@ from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.config.validation import validate_config
 from dsvl_exp.errors import UserError
+from dsvl_exp.repro import run_dirs
 from dsvl_exp.repro.sweeps import register_sweep_resolvers
 from dsvl_exp.training import rendezvous
 
@@ -53,12 +54,37 @@ def train_task(cfg: DictConfig) -> float:
     """The Hydra task (one per multirun job): check the config, name the run, start the ranks."""
     from dsvl_exp.repro.jobs import run_job  # manifest.json; a failed job is recorded, the next starts clean
 
-    return run_job(cfg, Path(HydraConfig.get().runtime.output_dir), lambda: checked_task(cfg))
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    single_run = hydra_config.mode == RunMode.RUN
+    if single_run:  # a multirun job's refusal is recorded in its manifest instead (the sweep goes on)
+        refuse_before_writing(cfg, run_dir)
+    run_dirs.save_hydra_files(HydraConfig.instance().cfg, cfg, run_dir)
+    return run_job(cfg, run_dir, lambda: checked_task(cfg, validated=single_run))
 
 
-def checked_task(cfg: DictConfig) -> float:
+def refuse_before_writing(cfg: DictConfig, run_dir: Path) -> None:
+    """The start-up checks of a single run, before anything is written: a refused start leaves an
+    existing run directory untouched and removes the empty one Hydra just created for it."""
     try:
         validate_config(cfg)
+        from dsvl_exp.training.resume import check_run_dir_use
+
+        checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+        check_run_dir_use(run_dir, checkpoint_dir, cfg.resume.checkpoint)
+    except UserError as error:
+        run_dirs.close_log_files_in(run_dir)
+        run_dirs.remove_if_only_just_created(run_dir, stop_at=Path.cwd())
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT_STATUS) from None
+
+
+def checked_task(cfg: DictConfig, validated: bool = False) -> float:
+    try:
+        if not validated:
+            validate_config(cfg)
         name_wandb_run(cfg, HydraConfig.get())
         from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
 
