@@ -79,3 +79,29 @@ def test_run_outputs_are_not_code(tmp_path):
                  "studies/run_a/checkpoints/step-1/x.pt", "studies/sweep/0/manifest.json", "studies/plan.py"]
     assert code_files(tmp_path, untracked) == ["notes.py", "studies/plan.py"]
     assert "runs/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_resume_settings_do_not_change_the_verdict():
+    from dsvl_exp.repro.compare import compare_overrides, dict_differences, VOLATILE_CONFIG_KEYS
+
+    overrides = compare_overrides(["experiment=smoke", "resume.checkpoint=auto"], ["experiment=smoke"])
+    assert [(d.key, d.kind) for d in overrides] == [("resume.checkpoint", "volatile")]
+    config = dict_differences("config", {"resume": {"checkpoint": "auto"}}, {"resume": {"checkpoint": None}},
+                              lambda key: key.startswith(VOLATILE_CONFIG_KEYS))
+    assert [(d.key, d.kind) for d in config] == [("resume.checkpoint", "volatile")]
+
+
+def test_a_reproduction_of_a_sweep_job_goes_beside_the_sweep_and_is_not_a_job(tmp_path):
+    from dsvl_exp.repro.compare import multirun_jobs
+    from dsvl_exp.reproduce import default_out
+
+    sweep = tmp_path / "multirun" / "smoke" / "d" / "t"
+    for job in ("0", "1", "0-repro"):  # 0-repro: where an earlier version wrote a reproduction
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "manifest.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("{}")
+    assert [p.name for p in multirun_jobs(sweep)] == ["0", "1"]
+    assert default_out(sweep / "1") == sweep.with_name("t-repro") / "1"
+    (sweep.with_name("t-repro") / "1").mkdir(parents=True)
+    assert default_out(sweep / "1") == sweep.with_name("t-repro2") / "1"
+    assert default_out(tmp_path / "runs" / "a") == tmp_path / "runs" / "a-repro"

@@ -1,6 +1,7 @@
 """Re-run a run from its manifest and compare the result with the original.
 
-    python -m dsvl_exp.reproduce RUN_DIR                     # into RUN_DIR-repro (or -repro2, ...)
+    python -m dsvl_exp.reproduce RUN_DIR                     # into RUN_DIR-repro (or -repro2, ...);
+                                                             # a sweep's job: <sweep>-repro/<job>
     python -m dsvl_exp.reproduce RUN_DIR --out runs/again --format markdown
 
 The same overrides (hence the same resolved config, seeds and world size) go through the real
@@ -14,6 +15,7 @@ same world size the metrics come out bit-identical.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -37,11 +39,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_out(run_dir: Path) -> Path:
-    candidate, number = run_dir.with_name(f"{run_dir.name}-repro"), 1
-    while candidate.exists():
-        number += 1
-        candidate = run_dir.with_name(f"{run_dir.name}-repro{number}")
-    return candidate
+    """RUN_DIR-repro (-repro2, ...); for a sweep's job, <sweep>-repro/<job>: beside the sweep, not
+    inside it, where it would count as one more job of the sweep."""
+    run_dir = Path(run_dir).resolve()
+    in_sweep = (run_dir.parent / "multirun.yaml").is_file()
+    base = run_dir.parent if in_sweep else run_dir
+    for number in itertools.count(1):
+        candidate = base.with_name(f"{base.name}-repro{number if number > 1 else ''}")
+        candidate = candidate / run_dir.name if in_sweep else candidate
+        if not candidate.exists():
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def drift_warnings(manifest: dict, run_dir: Path) -> list[str]:
