@@ -15,6 +15,7 @@ import os
 from threading import Thread
 
 from dsvl_exp.inference.cli import (
+    UsageError,
     add_generation_arguments,
     add_model_arguments,
     generation_settings,
@@ -40,6 +41,27 @@ def empty_state() -> dict:
     return {"rounds": [], "images": []}
 
 
+def image_messages(first_number: int, files: list[str]) -> list[dict]:
+    """Each uploaded image shown under its number, which questions use ("image 2"): a visible
+    `Image N` label, then the image."""
+    messages = []
+    for number, path in enumerate(files, start=first_number):
+        messages.append({"role": "user", "content": f"Image {number}"})
+        messages.append({"role": "user", "content": {"path": path, "alt_text": f"Image {number}"}})
+    return messages
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def build_demo(loaded, settings):
     """The Gradio Blocks app around one loaded model (inference.loading.LoadedModel)."""
     import gradio as gr
@@ -62,8 +84,7 @@ def build_demo(loaded, settings):
             raise gr.Error(str(error))
         first = session.next_image_number
         chat = list(chat or [])
-        for k, path in enumerate(files):
-            chat.append({"role": "user", "content": {"path": path, "alt_text": f"Image {first + k}"}})
+        chat += image_messages(first, files)
         chat.append({"role": "user", "content": question})
         chat.append({"role": "assistant", "content": ""})
         yield gr.MultimodalTextbox(value=None, interactive=False), chat, state
@@ -109,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
     settings = generation_settings(args)
+    if port_in_use(args.host, args.port):  # before the model loads; Gradio's own error is a traceback
+        raise UsageError(f"port {args.port} on {args.host} is in use: pass another with --port (e.g. --port "
+                         f"{args.port + 1}), or stop the program that holds it")
     import torch
 
     from dsvl_exp.inference.loading import load_model
