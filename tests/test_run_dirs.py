@@ -105,3 +105,28 @@ def test_a_reproduction_of_a_sweep_job_goes_beside_the_sweep_and_is_not_a_job(tm
     (sweep.with_name("t-repro") / "1").mkdir(parents=True)
     assert default_out(sweep / "1") == sweep.with_name("t-repro2") / "1"
     assert default_out(tmp_path / "runs" / "a") == tmp_path / "runs" / "a-repro"
+
+
+def test_labels_show_overrides_as_typed():
+    from dsvl_exp.config.overrides import as_typed, quote_numeric_group_choices
+
+    typed = ["zero=3", "optim.lr=5e-4", "zero=2,3"]
+    assert quote_numeric_group_choices(typed)[0] == "zero='3'"
+    assert as_typed(quote_numeric_group_choices(typed)) == typed
+
+
+def test_a_job_leaves_the_environment_as_it_found_it(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from dsvl_exp.repro.jobs import run_job
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    before = dict(os.environ)
+
+    def job() -> float:
+        os.environ.update({"OMP_NUM_THREADS": "2", "WANDB_SERVICE": "2-123-tcp-localhost-4567", "MASTER_PORT": "29500"})
+        return 0.5
+
+    assert run_job(OmegaConf.create({"seed": 0}), tmp_path, job) == 0.5
+    assert dict(os.environ) == before

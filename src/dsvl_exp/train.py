@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from dsvl_exp.config.overrides import quote_numeric_group_choices, resume_shorthand
+from dsvl_exp.config.overrides import as_typed, quote_numeric_group_choices, resume_shorthand
 from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.config.validation import validate_config
@@ -37,6 +37,7 @@ from dsvl_exp.errors import UserError
 from dsvl_exp.repro import run_dirs
 from dsvl_exp.repro.sweeps import register_sweep_resolvers
 from dsvl_exp.training import rendezvous
+from dsvl_exp.training.library_logs import quiet_library_loggers
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -47,6 +48,7 @@ log = logging.getLogger("dsvl_exp.train")
 register_configs()
 register_resolvers()
 register_sweep_resolvers()  # ${dsvl_direction:...} for the Optuna sweeper
+quiet_library_loggers()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -103,7 +105,7 @@ def name_wandb_run(cfg: DictConfig, hydra_config) -> None:
     choices = hydra_config.runtime.choices
     identity = wandb_identity(
         experiment=choices.get("experiment"),
-        overrides=list(hydra_config.overrides.task),
+        overrides=as_typed(list(hydra_config.overrides.task)),  # W&B shows zero=3, not zero='3'
         choices=dict(choices),
         attention=str(cfg.decoder.attention),
         sweep_dir=hydra_config.sweep.dir if hydra_config.mode == RunMode.MULTIRUN else None,
