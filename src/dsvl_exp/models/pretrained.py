@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -72,7 +73,17 @@ def save_pretrained(model, out_dir: str | Path, *, state_dict: dict | None = Non
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     (out / "README.md").write_text(model_card(config, training_summary))
+    readable_by_all(out)
     return out
+
+
+def readable_by_all(folder: Path) -> None:
+    """Files as the umask allows (0644 under 022), folders likewise: safetensors writes its weights
+    through a private temporary file (0600), which other users of a shared file system cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):
