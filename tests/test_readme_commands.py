@@ -32,13 +32,14 @@ COMMAND_START = re.compile(r"^(python -m dsvl_exp\.|dsvl-|make\b)")
 SHORT_RUN = ("train.max_steps=4", "train.log_every_n_steps=2", "checkpoint.every_n_steps=2",
              "eval.every_n_steps=null", "eval.max_batches=1", "eval.max_conversations=4")
 APPENDED = [  # (commands matching, settings appended at the end: the last value of a key wins)
-    (r"^python -m dsvl_exp\.train\b", SHORT_RUN),
+    (r"^(python -m dsvl_exp\.train|dsvl-train)\b", SHORT_RUN),
     (r"hparams_search=optuna|experiment=lr_search", ("hydra.sweeper.n_trials=2",)),
     (r"^make demo$", ("DEMO_ARGS=" + " ".join(SHORT_RUN),)),
 ]
 SKIPPED = {  # command (as written) -> why it cannot run here
     "make test": "the whole suite, which runs this test",
     "dsvl-export": "names the console script; `python -m dsvl_exp.export` runs below",
+    "dsvl-train zero=<TAB>": "keys typed at a shell with completion installed, not a command",
     "python -m dsvl_exp.train logger.wandb.mode=online": "W&B online needs the network and an account",
     "python -m dsvl_exp.train launcher.nproc_per_node=8 zero=3_offload": "8 ranks: a machine with 8 devices",
     "python -m dsvl_exp.train vision.pretrained=openai/clip-vit-large-patch14 decoder.pretrained=/models/Llama-2-7b-hf "
@@ -144,6 +145,8 @@ def as_argv(command: str) -> list[str]:
     argv = shlex.split(command)
     if argv[0] == "python":
         return [sys.executable, *argv[1:]]
+    if argv[0].startswith("dsvl-"):  # the console script installed beside this interpreter
+        return [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
     if argv[0] == "make":  # the venv exists already: no set-up step, this interpreter
         return ["make", "-s", "-o", ".venv/.installed", *argv[1:], f"PY={sys.executable}"]
     return argv

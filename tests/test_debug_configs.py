@@ -1,0 +1,34 @@
+"""debug=fast and debug=overfit (lightning-hydra-template's debug configs) through the real entry point."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_config
+
+from helpers import read_metrics, run_train
+
+
+def test_debug_configs_compose_over_an_experiment():
+    fast = compose_config("experiment=smoke", "debug=fast")
+    assert (fast.train.max_steps, fast.eval.max_batches, fast.checkpoint.every_n_steps) == (1, 1, None)
+    overfit = compose_config("experiment=smoke", "debug=overfit")
+    assert (overfit.data.synthetic.num_train, overfit.train.max_steps, overfit.optim.warmup_ratio) == (16, 100, 0.0)
+    assert fast.logger.wandb.mode == overfit.logger.wandb.mode == "disabled"
+
+
+@pytest.mark.slow
+def test_debug_fast_runs_every_phase_once(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(run_dir, "debug=fast")
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records if "train/loss" in r] == [1]
+    assert [r["step"] for r in records if "eval/loss" in r] == [1] and "eval/accuracy" in records[-1]
+    assert (run_dir / "checkpoints" / "latest").is_file() and (run_dir / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_debug_overfit_learns_two_batches_by_heart(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(run_dir, "debug=overfit")
+    losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r]
+    assert len(losses) == 10 and losses[-1] < 0.1 * losses[0], losses
