@@ -12,7 +12,7 @@ def test_debug_configs_compose_over_an_experiment():
     fast = compose_config("experiment=smoke", "debug=fast")
     assert (fast.train.max_steps, fast.eval.max_batches, fast.checkpoint.every_n_steps) == (1, 1, None)
     overfit = compose_config("experiment=smoke", "debug=overfit")
-    assert (overfit.data.synthetic.num_train, overfit.train.max_steps, overfit.optim.warmup_ratio) == (16, 100, 0.0)
+    assert (overfit.data.synthetic.num_train, overfit.train.max_steps, overfit.optim.lr) == (16, 100, 3e-3)
     assert fast.logger.wandb.mode == overfit.logger.wandb.mode == "disabled"
 
 
@@ -31,4 +31,4 @@ def test_debug_overfit_learns_two_batches_by_heart(tmp_path):
     run_dir = tmp_path / "run"
     run_train(run_dir, "debug=overfit")
     losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r]
-    assert len(losses) == 10 and losses[-1] < 0.1 * losses[0], losses
+    assert len(losses) == 10 and losses[-1] < 0.2 and losses[-1] < 0.05 * losses[0], losses  # 4.80 -> 0.048
