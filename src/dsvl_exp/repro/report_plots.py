@@ -29,10 +29,13 @@ def plot_metric_vs_parameters(report: SweepReport, out_dir: Path) -> list[Path]:
         others = [other for other in report.swept if other != key]
         figure, axes = plt.subplots(figsize=(6, 4))
         xs, categories = x_positions([job.overrides.get(key) for job in done])
+        # one series per value of the other parameter in a grid; not for continuous (Optuna) values,
+        # where every series would hold one point and the legend would list every job
+        split = len(others) == 1 and len({job.overrides.get(others[0]) for job in done}) <= MAX_VALUE_TICKS
         series_of = {}
         for job, x in zip(done, xs):
             name = " ".join(f"{o.split('.')[-1]}={short_number(job.overrides.get(o, ''))}" for o in others)
-            series_of.setdefault(name if len(others) == 1 else "", []).append((x, job))
+            series_of.setdefault(name if split else "", []).append((x, job))
         for name, points in sorted(series_of.items()):
             axes.scatter([x for x, _ in points], [job.monitor_value for _, job in points], label=name or None,
                          alpha=0.8)
