@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# DEMO_ARGS: extra overrides (tests/test_readme_commands.py shortens the run with them)
 demo: setup
-	$(PY) -m dsvl_exp.train
+	$(PY) -m dsvl_exp.train $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q --durations=15

@@ -22,3 +22,10 @@ def run_train(run_dir: Path, *overrides: str, timeout: int = 600, module: str = 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def only_sweep_dir(cwd: Path, experiment: str = "default") -> Path:
+    """The one sweep directory a multirun started in `cwd` wrote, where the README says:
+    multirun/<experiment or default>/<date>/<time>."""
+    [sweep] = sorted((cwd / "multirun" / experiment).glob("*/*"))
+    return sweep

@@ -65,7 +65,7 @@ def test_session_rejects_too_many_images_and_missing_files(loaded, pictures):
     session.ask("Q?", pictures[:2])
     with pytest.raises(ChatError, match="maximum of 3"):
         session.ask("Q?", pictures[:2])
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(ChatError, match=r"^image file not found: /nonexistent.png$"):  # the user's file, not a "sample"
         session.ask("Q?", ["/nonexistent.png"])
     assert len(session.rounds) == 1  # failed rounds leave no trace
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import REPO, read_metrics
+from helpers import REPO, only_sweep_dir, read_metrics
 
 TINY = ["experiment=smoke", "eval.generation=false", "eval.monitor=eval/loss", "train.max_steps=3",
         "train.log_every_n_steps=1", "train.progress_bar=false"]
@@ -29,18 +29,18 @@ def run_module(module: str, *arguments: str, cwd, extra_env=None, timeout=600) -
 def grid(tmp_path_factory):
     """Job 0 fails (a negative learning rate), jobs 1 and 2 differ only in optim.lr."""
     root = tmp_path_factory.mktemp("grid")
-    result = run_module("dsvl_exp.train", "-m", "optim.lr=-1.0,0.001,0.002", *TINY, f"hydra.sweep.dir={root / 'sweep'}",
+    # as the README writes sweeps: no hydra.sweep.dir, the default multirun/<experiment>/<date>/<time>
+    result = run_module("dsvl_exp.train", "-m", "optim.lr=-1.0,0.001,0.002", *TINY,
                         cwd=root, extra_env={"WANDB_API_KEY": SECRET, "DSVL_SECRET_TOKEN": SECRET})
-    return root / "sweep", result
+    return only_sweep_dir(root, "smoke"), result
 
 
 @pytest.fixture(scope="module")
 def optuna_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("optuna")
-    result = run_module("dsvl_exp.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
-                        f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    result = run_module("dsvl_exp.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, cwd=root)
     assert result.returncode == 0, result.stderr[-4000:]
-    return root / "sweep", result
+    return only_sweep_dir(root, "smoke"), result
 
 
 def manifest(job_dir):
@@ -176,7 +176,7 @@ def test_sweep_report_on_an_optuna_sweep(optuna_sweep):
 @pytest.mark.slow
 def test_a_sweeper_direction_against_the_monitor_stops_before_any_job(tmp_path):
     # Hydra's Optuna plugin minimises by default; the default monitor is eval/accuracy
-    result = run_module("dsvl_exp.train", "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    result = run_module("dsvl_exp.train", "-m", "hydra/sweeper=optuna", cwd=tmp_path)
     assert result.returncode == 1
     assert "hydra.sweeper.direction=minimize but eval.monitor=eval/accuracy should be maximized" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "sweep" / "0").exists()
+    assert "Traceback" not in result.stderr and not list(tmp_path.glob("multirun/*/*/*/0"))

@@ -1,6 +1,7 @@
 """Re-run a run from its manifest and compare the result with the original.
 
-    python -m dsvl_exp.reproduce RUN_DIR                     # into RUN_DIR-repro (or -repro2, ...)
+    python -m dsvl_exp.reproduce RUN_DIR                     # into RUN_DIR-repro (or -repro2, ...);
+                                                             # a sweep's job: <sweep>-repro/<job>
     python -m dsvl_exp.reproduce RUN_DIR --out runs/again --format markdown
 
 The same overrides (hence the same resolved config, seeds and world size) go through the real
@@ -14,6 +15,7 @@ same world size the metrics come out bit-identical.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -38,11 +40,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_out(run_dir: Path) -> Path:
-    candidate, number = run_dir.with_name(f"{run_dir.name}-repro"), 1
-    while candidate.exists():
-        number += 1
-        candidate = run_dir.with_name(f"{run_dir.name}-repro{number}")
-    return candidate
+    """RUN_DIR-repro (-repro2, ...); for a sweep's job, <sweep>-repro/<job>: beside the sweep, not
+    inside it, where it would count as one more job of the sweep."""
+    run_dir = Path(run_dir).resolve()
+    in_sweep = (run_dir.parent / "multirun.yaml").is_file()
+    base = run_dir.parent if in_sweep else run_dir
+    for number in itertools.count(1):
+        candidate = base.with_name(f"{base.name}-repro{number if number > 1 else ''}")
+        candidate = candidate / run_dir.name if in_sweep else candidate
+        if not candidate.exists():
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def drift_warnings(manifest: dict, run_dir: Path) -> list[str]:
@@ -54,8 +62,11 @@ def drift_warnings(manifest: dict, run_dir: Path) -> list[str]:
             warnings.append(f"code: commit {current.get('commit', '')[:12]} now, {recorded.get('commit', '')[:12]} then")
         if (recorded.get("diff_sha256"), recorded.get("untracked_sha256")) != (
                 current.get("diff_sha256"), current.get("untracked_sha256")):
-            warnings.append("code: the uncommitted changes differ from the run's (its diff is in "
-                            f"{run_dir / environment.DIFF_FILE})")
+            saved_diff = run_dir / environment.DIFF_FILE
+            where = f"its diff is in {saved_diff}" if saved_diff.is_file() else "it had no diff of tracked files"
+            if recorded.get("untracked") != current.get("untracked"):
+                where += f"; untracked files then: {recorded.get('untracked') or 'none'}, now: {current.get('untracked') or 'none'}"
+            warnings.append(f"code: the uncommitted changes differ from the run's ({where})")
     elif recorded != current:
         warnings.append(f"code: {recorded!r} then, {current!r} now")
     then = environment.read_freeze(run_dir / environment.FREEZE_FILE)

@@ -54,6 +54,27 @@ def empty_state() -> dict:
     return {"rounds": [], "images": []}
 
 
+def image_messages(first_number: int, files: list[str]) -> list[dict]:
+    """Each uploaded image shown under its number, which questions use ("image 2"): a visible
+    `Image N` label, then the image."""
+    messages = []
+    for number, path in enumerate(files, start=first_number):
+        messages.append({"role": "user", "content": f"Image {number}"})
+        messages.append({"role": "user", "content": {"path": path, "alt_text": f"Image {number}"}})
+    return messages
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def build_demo(loaded, settings, policy: AccessPolicy = AccessPolicy()):
     """The Gradio Blocks app around one loaded model (inference.loading.LoadedModel)."""
     import gradio as gr
@@ -78,8 +99,7 @@ def build_demo(loaded, settings, policy: AccessPolicy = AccessPolicy()):
             raise gr.Error(str(error))
         first = session.next_image_number
         chat = list(chat or [])
-        for k, path in enumerate(files):
-            chat.append({"role": "user", "content": {"path": path, "alt_text": f"Image {first + k}"}})
+        chat += image_messages(first, files)
         chat.append({"role": "user", "content": question})
         chat.append({"role": "assistant", "content": ""})
         yield gr.MultimodalTextbox(value=None, interactive=False), chat, state
@@ -129,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     policy = access_policy(args)
     if args.allow_file_dir is not None and not args.allow_file_dir.is_dir():
         raise UsageError(f"--allow-file-dir {args.allow_file_dir}: not a folder")
+    port = args.port or (8000 if args.api else 7860)
+    if port_in_use(args.host, port):  # before the model loads; Gradio's / uvicorn's own error is a traceback
+        raise UsageError(f"port {port} on {args.host} is in use: pass another with --port (e.g. --port "
+                         f"{port + 1}), or stop the program that holds it")
     import torch
 
     from dsvl_exp.inference.loading import load_model

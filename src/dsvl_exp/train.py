@@ -32,14 +32,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from dsvl_exp.config.overrides import quote_numeric_group_choices, resume_shorthand
+from dsvl_exp.config.overrides import as_typed, quote_numeric_group_choices, resume_shorthand
 from dsvl_exp.config.resolvers import register_resolvers
 from dsvl_exp.config.schema import register_configs
 from dsvl_exp.config.validation import validate_config
 from dsvl_exp.console import EXIT_USER_ERROR, hydra_errors_raised, report_user_error, run_command
 from dsvl_exp.errors import ConfigError, UserError
+from dsvl_exp.repro import run_dirs
 from dsvl_exp.repro.sweeps import register_sweep_resolvers
 from dsvl_exp.training import rendezvous
+from dsvl_exp.training.library_logs import quiet_library_loggers
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -48,6 +50,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 register_configs()
 register_resolvers()
 register_sweep_resolvers()  # ${dsvl_direction:...} for the Optuna sweeper
+quiet_library_loggers()
 
 
 class TaskStarted:
@@ -64,17 +67,38 @@ def train_task(cfg: DictConfig) -> float:
     from dsvl_exp.training.run_lock import hold_run_dir
 
     TaskStarted.value = True
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    single_run = hydra_config.mode == RunMode.RUN
 
     def locked_job() -> float:  # nothing is written to the run directory before the lock is held
+        if single_run:  # a multirun job's refusal is recorded in its manifest instead (the sweep goes on)
+            refuse_before_writing(cfg, run_dir)
         with hold_run_dir(run_dir, enabled=is_rank_zero_task()):
-            return run_job(cfg, run_dir, lambda: exit_on_user_error(lambda: checked_task(cfg)))
+            run_dirs.save_hydra_files(HydraConfig.instance().cfg, cfg, run_dir)
+            return run_job(cfg, run_dir, lambda: exit_on_user_error(lambda: checked_task(cfg, validated=single_run)))
 
     return exit_on_user_error(locked_job)
 
 
-def checked_task(cfg: DictConfig) -> float:
-    validate_config(cfg)
+def refuse_before_writing(cfg: DictConfig, run_dir: Path) -> None:
+    """The start-up checks of a single run, before anything is written: a refused start leaves an
+    existing run directory untouched and removes the empty one Hydra just created for it."""
+    try:
+        validate_config(cfg)
+        from dsvl_exp.training.resume import check_run_dir_use
+
+        checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+        check_run_dir_use(run_dir, checkpoint_dir, cfg.resume.checkpoint)
+    except UserError:
+        run_dirs.close_log_files_in(run_dir)
+        run_dirs.remove_if_only_just_created(run_dir, stop_at=Path.cwd())
+        raise
+
+
+def checked_task(cfg: DictConfig, validated: bool = False) -> float:
+    if not validated:
+        validate_config(cfg)
     name_tracker_runs(cfg, HydraConfig.get())
     from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
 
@@ -99,7 +123,7 @@ def name_tracker_runs(cfg: DictConfig, hydra_config) -> None:
     choices = hydra_config.runtime.choices
     identity = wandb_identity(
         experiment=choices.get("experiment"),
-        overrides=list(hydra_config.overrides.task),
+        overrides=as_typed(list(hydra_config.overrides.task)),  # W&B shows zero=3, not zero='3'
         choices=dict(choices),
         attention=str(cfg.decoder.attention),
         sweep_dir=hydra_config.sweep.dir if hydra_config.mode == RunMode.MULTIRUN else None,

@@ -23,6 +23,17 @@ def quote_numeric_group_choices(arguments: list[str], groups: tuple[str, ...] = 
     return quoted
 
 
+def as_typed(overrides: list[str], groups: tuple[str, ...] = NUMERIC_GROUPS) -> list[str]:
+    """The overrides as the user typed them (`zero=3`, not the quoted `zero='3'`), for labels."""
+    typed = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+~") in groups:
+            override = f"{key}=" + ",".join(v.strip("'\"") for v in value.split(","))
+        typed.append(override)
+    return typed
+
+
 def resume_shorthand(arguments: list[str]) -> list[str]:
     """`resume=auto`, `resume=PATH` and `resume=null` (the public spelling) set
     `resume.checkpoint`: `resume` is a group of two keys (the checkpoint and

@@ -32,3 +32,9 @@ def experiment_or_default(choice: str | None) -> str:
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("dsvl_experiment_dirs", experiment_dirs, replace=True)
     OmegaConf.register_new_resolver("dsvl_experiment_or_default", experiment_or_default, replace=True)
+    # The sweep directory is resolved by the sweeper before any job exists, when Hydra's
+    # `${hydra:...}` resolver has no HydraConfig yet; it reads `${hydra.runtime.choices.experiment}`
+    # from the config itself instead. Cached: OmegaConf keys the cache by the argument's text and
+    # Hydra copies the sweep's cache into every job's config, so each job resolves the same
+    # directory the sweeper created, also when the jobs sweep over `experiment`.
+    OmegaConf.register_new_resolver("dsvl_sweep_experiment", experiment_or_default, replace=True, use_cache=True)

@@ -202,7 +202,7 @@ class DataConfig:
 # ---- training --------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    max_steps: Optional[int] = 1500  # optimizer steps; when null, `epochs` decides
+    max_steps: Optional[int] = 500  # optimizer steps; when null, `epochs` decides (500: `make demo` in about a minute)
     epochs: Optional[int] = None
     micro_batch_size: int = 8
     grad_accum: int = 1

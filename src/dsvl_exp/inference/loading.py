@@ -9,10 +9,12 @@ system prompt and the image limit it trained with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,22 @@ def cache_root() -> Path:
     return Path(os.path.expanduser(os.environ.get("DSVL_CACHE_DIR", "~/.cache/dsvl_exp")))
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout (Python prints, loggers holding sys.stdout, C code) to
+    stderr for the duration: at the file-descriptor level, since DeepSpeed's logger keeps its own
+    reference to the stream."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_checkpoint_cached(checkpoint: Path, trust: bool = False) -> Path:
     """Its pickles are read weights-only unless `trust` (training/safe_loading.py)."""
     from dsvl_exp.export import export_checkpoint
@@ -62,7 +80,8 @@ def export_checkpoint_cached(checkpoint: Path, trust: bool = False) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         log.info("exporting checkpoint %s into %s", checkpoint, target)
-        export_checkpoint(checkpoint, staging, trust=trust)
+        with stdout_to_stderr():  # DeepSpeed and zero_to_fp32 print; stdout carries answers only
+            export_checkpoint(checkpoint, staging, trust=trust)
         try:
             os.replace(staging, target)
         except OSError:  # another process finished the same export first

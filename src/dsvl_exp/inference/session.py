@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.errors import UserError
+from dsvl_exp.data.errors import DataError
 from dsvl_exp.inference.generation import GenerationSettings, answer_batch
 from dsvl_exp.inference.loading import LoadedModel
+
+
+CHAT_OWNER = "chat"  # the conversation's id, as image errors name it
 
 
 class ChatError(UserError, ValueError):
@@ -44,7 +48,10 @@ class ChatSession:
                 f"maximum of {limit} per conversation; /clear to start a new conversation"
             )
         for entry in new_images:  # read now, so a bad file fails before it joins the history
-            self.loaded.images.one(entry, "chat")
+            try:
+                self.loaded.images.one(entry, CHAT_OWNER)
+            except DataError as error:  # "sample chat: ..." names a training sample; here it is the user's file
+                raise ChatError(str(error).removeprefix(f"sample {CHAT_OWNER}: ")) from None
 
     def pending(self, question: str, new_images: list[str]) -> Conversation:
         """The conversation so far plus this round's question (its answer still empty)."""

@@ -35,25 +35,38 @@ log = logging.getLogger(__name__)
 _INSIDE_DSVL_EXP = __name__.startswith("dsvl_exp.")
 
 
-class DSVLOutput:
+class DSVLOutput(dict):
     """`loss` (token mean over supervised positions), `logits` [batch, length, vocab] and
     `num_supervised_tokens`.
 
     Training runs the LM head on the supervised positions only, so full-length logits are never
     built in a step; `logits` computes them from the kept hidden states on first access (in
     training mode only; in eval mode and without labels `forward` computes them). In the `small` preset the head over all 2,048 positions was 22 % of a step
-    while ~128 positions carry labels (BENCHMARKS.md)."""
+    while ~128 positions carry labels (BENCHMARKS.md).
+
+    A dict of its tensors (like transformers' ModelOutput): DeepSpeed's ZeRO-3 module hooks look
+    for tensors in tensors, tuples, lists and dicts only, and warned "unknown inputs or outputs
+    type" on every ZeRO-3 run for a plain object."""
 
     def __init__(self, loss, logits=None, num_supervised_tokens: int = 0, hidden_states=None, lm_head=None):
-        self.loss = loss
-        self.num_supervised_tokens = num_supervised_tokens
-        self._logits, self._hidden_states, self._lm_head = logits, hidden_states, lm_head
+        super().__init__(loss=loss, num_supervised_tokens=num_supervised_tokens)
+        if logits is not None:
+            self["logits"] = logits
+        self._hidden_states, self._lm_head = hidden_states, lm_head
+
+    @property
+    def loss(self):
+        return self["loss"]
+
+    @property
+    def num_supervised_tokens(self) -> int:
+        return self["num_supervised_tokens"]
 
     @property
     def logits(self) -> torch.Tensor:
-        if self._logits is None:
-            self._logits = self._lm_head(self._hidden_states)
-        return self._logits
+        if "logits" not in self:
+            self["logits"] = self._lm_head(self._hidden_states)
+        return self["logits"]
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import os
 from pathlib import Path
 
 import torch
@@ -85,6 +86,7 @@ def save_pretrained(model, out_dir: str | Path, *, state_dict: dict | None = Non
         processor.register_for_auto_class("AutoProcessor")
         processor.save_pretrained(str(out))
     (out / "README.md").write_text(model_card(config, training_summary))
+    readable_by_all(out)
     return out
 
 
@@ -112,6 +114,15 @@ def write_model_code(out: Path, config) -> None:
         shutil.copyfile(source, out / source.name)
     config.auto_map = dict(AUTO_MAP)
     config.architectures = ["DSVLForConditionalGeneration"]
+
+
+def readable_by_all(folder: Path) -> None:
+    """Files as the umask allows (0644 under 022), folders likewise: safetensors writes its weights
+    through a private temporary file (0600), which other users of a shared file system cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None):

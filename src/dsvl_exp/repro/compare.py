@@ -25,7 +25,9 @@ VERDICT_TEXT = {IDENTICAL: "identical", VOLATILE: "differs only in volatile fiel
 SECTIONS = ("status", "group choices", "overrides", "config", "derived", "code", "environment", "hardware", "seeds",
             "data", "outcomes")
 # Config keys that name where things are or how a run is labelled, not what it computes.
-VOLATILE_CONFIG_KEYS = ("data.synthetic.root", "logger.", "train.progress_bar")
+# `resume.*` says where a run continued from: a resumed run computes what an uninterrupted one does
+# (checkpoints restore everything, tested bit for bit), so it never changes the verdict.
+VOLATILE_CONFIG_KEYS = ("data.synthetic.root", "logger.", "train.progress_bar", "resume.")
 # W&B labels the entry point derives from the overrides and the sweep: bookkeeping, shown only.
 LABEL_CONFIG_KEYS = ("logger.run_name", "logger.wandb.name", "logger.wandb.group", "logger.wandb.tags")
 VOLATILE_HARDWARE_KEYS = ("hostname",)
@@ -122,7 +124,8 @@ def compare_overrides(a: list[str], b: list[str]) -> list[Difference]:
     def as_dict(overrides: list[str]) -> dict[str, str]:
         return dict(item.split("=", 1) if "=" in item else (item, "") for item in overrides)
 
-    return dict_differences("overrides", as_dict(a or []), as_dict(b or []))
+    return dict_differences("overrides", as_dict(a or []), as_dict(b or []),
+                            lambda key: key.lstrip("+~") == "resume" or key.lstrip("+~").startswith(VOLATILE_CONFIG_KEYS))
 
 
 def compare_code(a: dict, b: dict) -> list[Difference]:
@@ -227,4 +230,6 @@ def compare_runs(run_a: Run, run_b: Run, tolerance: float = DEFAULT_TOLERANCE) -
 def multirun_jobs(sweep_dir: Path) -> list[Path]:
     """Job directories of a multirun, in job order (Hydra names them 0, 1, ...)."""
     jobs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / MANIFEST).is_file()]
+    if any(p.name.isdigit() for p in jobs):  # Hydra's numbered jobs; not e.g. a reproduction put there
+        jobs = [p for p in jobs if p.name.isdigit()]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))

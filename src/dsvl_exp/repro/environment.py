@@ -98,6 +98,23 @@ def untracked_sha256(top: Path, paths: list[str], max_bytes: int = 10 << 20) -> 
     return digest.hexdigest()
 
 
+def code_files(top: Path, untracked: list[str]) -> list[str]:
+    """Untracked paths that may be code: run outputs (outputs/, multirun/, runs/, or any folder
+    holding a run or a sweep, e.g. the README's hydra.run.dir=runs/my_run) are not, or two
+    identical runs inside a checkout would differ by each other's files."""
+    from dsvl_exp.repro.run_dirs import OUTPUT_ROOTS, holds_a_run
+
+    verdicts: dict[Path, bool] = {}
+
+    def inside_a_run(folder: Path) -> bool:
+        if folder not in verdicts:
+            verdicts[folder] = folder != Path(".") and (holds_a_run(top / folder) or inside_a_run(folder.parent))
+        return verdicts[folder]
+
+    return [path for path in untracked
+            if Path(path).parts[0] not in OUTPUT_ROOTS and not inside_a_run(Path(path).parent)]
+
+
 def code_version(run_dir: Path | None = None, include_diff: bool = True) -> dict:
     """The checkout dsvl_exp is imported from: commit, branch, dirty flag; the uncommitted diff
     is saved beside the manifest so the exact code can be rebuilt (it copies whatever the dirty
@@ -114,7 +131,8 @@ def code_version(run_dir: Path | None = None, include_diff: bool = True) -> dict
         info["git"] = NOT_A_GIT_CHECKOUT
         return info
     diff = _git(top, "diff", "HEAD", "--binary")
-    untracked = [line for line in _git(top, "ls-files", "--others", "--exclude-standard").splitlines() if line]
+    untracked = code_files(top, [line for line in _git(top, "ls-files", "--others", "--exclude-standard").splitlines()
+                                 if line])
     git = {
         "commit": commit,
         "branch": _git(top, "rev-parse", "--abbrev-ref", "HEAD").strip(),

@@ -26,9 +26,6 @@ from dsvl_exp.training.rendezvous import started_by_external_launcher
 
 log = logging.getLogger(__name__)
 
-# Set per run by training.distributed.ensure_rendezvous_env (a fresh free port each time).
-RENDEZVOUS_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
 
 class JobFailed(RuntimeError):
     """A job that exited through SystemExit inside a multirun: Hydra only catches Exception."""
@@ -61,7 +58,9 @@ def is_rank_zero_task() -> bool:
 def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
     rank_zero = is_rank_zero_task()
     info = hydra_info()
-    saved_env = {name: os.environ.get(name) for name in RENDEZVOUS_ENV}
+    # The whole environment: a job sets rendezvous variables, OMP_NUM_THREADS, W&B's service
+    # address...; the next job of a multirun must start from what the command started with.
+    saved_env = dict(os.environ)
     # Decided before the task runs: a single-process job sets RANK / WORLD_SIZE itself.
     # Under torchrun / deepspeed the process group belongs to the launcher's ranks: the other
     # ranks keep waiting on it for rank 0's next job (training/followers.py), so it stays.
@@ -73,7 +72,9 @@ def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
     except BaseException as error:
         if rank_zero:
             manifest.record_failure(run_dir, error)
-            log.error("job failed (%s); recorded in %s", manifest.error_line(error), Path(run_dir) / manifest.MANIFEST)
+            # A user error (SystemExit) has printed its message already: say where it is recorded only.
+            what = "" if isinstance(error, SystemExit) else f" ({manifest.error_line(error)})"
+            log.error("job failed%s; recorded in %s", what, Path(run_dir) / manifest.MANIFEST)
         # The exception is kept by Hydra until the sweep ends: drop the frames' locals (model,
         # engine, batches) so a failed job's memory is freed now; the traceback stays printable.
         traceback.clear_frames(error.__traceback__)
@@ -84,7 +85,7 @@ def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
         tear_down(saved_env, keep_process_group=launcher_owns_group)
 
 
-def tear_down(saved_env: dict[str, str | None], keep_process_group: bool = False) -> None:
+def tear_down(saved_env: dict[str, str], keep_process_group: bool = False) -> None:
     """Leave the process as the next job expects to find it."""
     if "wandb" in sys.modules:
         import wandb
@@ -107,11 +108,9 @@ def tear_down(saved_env: dict[str, str | None], keep_process_group: bool = False
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()  # a ZeRO-3 job's partitioned-construction hook
-    for name, value in saved_env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    for name in set(os.environ) - set(saved_env):
+        del os.environ[name]
+    os.environ.update(saved_env)
     gc.collect()
     if "torch" in sys.modules:
         import torch

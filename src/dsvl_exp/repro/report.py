@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsvl_exp.repro.compare import RunError, multirun_jobs
 from dsvl_exp.repro.manifest import read_manifest
-from dsvl_exp.repro.metrics import direction_for, read_metrics, series
+from dsvl_exp.repro.metrics import direction_for, read_metrics
 
 OPTUNA_RESULTS = "optimization_results.yaml"
 METRIC_COLUMNS = ("train/loss", "eval/loss", "eval/accuracy")
@@ -34,6 +35,7 @@ class Job:
     error: str | None
     metrics: list[dict] = field(default_factory=list)
     best: bool = False
+    override_list: list[str] = field(default_factory=list)  # as given, in order
 
 
 @dataclass
@@ -55,6 +57,7 @@ def read_job(path: Path) -> Job:
         final=outcome.get("final") or {}, monitor_value=outcome.get("monitor_value"),
         wall_time_s=outcome.get("wall_time_s"), tokens_per_s=outcome.get("tokens_per_s_mean"),
         error=manifest.get("error"), metrics=read_metrics(path),
+        override_list=list((manifest.get("hydra") or {}).get("overrides", [])),
     )
 
 
@@ -77,9 +80,43 @@ def build_report(sweep_dir: Path) -> SweepReport:
         optuna = OmegaConf.to_container(OmegaConf.load(sweep_dir / OPTUNA_RESULTS))
         direction = sweep_direction(sweep_dir) or direction
     order = sorted(jobs, key=lambda job: sort_key(job, direction))
-    if order and order[0].monitor_value is not None and order[0].status == "completed":
-        order[0].best = True
+    if order and usable(order[0]):  # every job with the best value (a tie is said, not hidden)
+        for job in order:
+            job.best = usable(job) and job.monitor_value == order[0].monitor_value
     return SweepReport(sweep_dir, monitor, direction, swept, order, optuna)
+
+
+def usable(job: Job) -> bool:
+    value = job.monitor_value
+    return job.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def best_jobs(report: SweepReport) -> list[Job]:
+    return [job for job in report.jobs if job.best]
+
+
+def best_command(report: SweepReport) -> str | None:
+    """The single run that repeats the best job (the first of tied ones, in the table's order)."""
+    best = best_jobs(report)
+    if not best:
+        return None
+    return " ".join(["python -m dsvl_exp.train", *(shlex.quote(item) for item in best[0].override_list)])
+
+
+def seed_groups(report: SweepReport) -> list[tuple[str, list[Job]]]:
+    """Jobs that differ only in `seed`, grouped (two seeds or more): the configuration, its jobs."""
+    groups: dict[str, list[Job]] = {}
+    for job in report.jobs:
+        if usable(job):
+            key = " ".join(f"{k}={v}" for k, v in sorted(job.overrides.items()) if k != "seed") or "(defaults)"
+            groups.setdefault(key, []).append(job)
+    return [(key, jobs) for key, jobs in groups.items()
+            if len({job.overrides.get("seed") for job in jobs}) > 1]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def sweep_direction(sweep_dir: Path) -> str | None:
@@ -93,8 +130,8 @@ def sweep_direction(sweep_dir: Path) -> str | None:
 
 def sort_key(job: Job, direction: str) -> tuple:
     value = job.monitor_value
-    usable = job.status == "completed" and isinstance(value, (int, float)) and math.isfinite(value)
-    return (not usable, (value if direction == "minimize" else -value) if usable else 0.0, job.name)
+    return (not usable(job), (value if direction == "minimize" else -value) if usable(job) else 0.0,
+            (not job.name.isdigit(), int(job.name) if job.name.isdigit() else 0, job.name))
 
 
 def fmt(value) -> str:
@@ -113,9 +150,10 @@ def rows(report: SweepReport, precise: bool = False) -> tuple[list[str], list[li
               *[m for m in METRIC_COLUMNS if m != report.monitor and any(m in j.final for j in report.jobs)],
               "wall_time_s", "tokens_per_s", "error"]
     table = []
+    tie = len(best_jobs(report)) > 1
     for job in report.jobs:
         metric_cells = [fmt(job.final.get(m)) for m in header[2 + len(report.swept) + 1:-3]]
-        table.append([job.name + (" (best)" if job.best else ""), job.status,
+        table.append([job.name + (" (tied best)" if tie and job.best else " (best)" if job.best else ""), job.status,
                       *[(str if precise else short_number)(job.overrides.get(key, "")) for key in report.swept],
                       fmt(job.monitor_value), *metric_cells,
                       fmt(job.wall_time_s), fmt(job.tokens_per_s), job.error or ""])
@@ -132,7 +170,35 @@ def to_markdown(report: SweepReport) -> str:
     lines.append("|" + "---|" * len(header))
     for row in table:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tie_note(report) + seed_table(report) + best_command_lines(report)) + "\n"
+
+
+def tie_note(report: SweepReport) -> list[str]:
+    best = best_jobs(report)
+    if len(best) < 2:
+        return []
+    everyone = len(best) == len(report.jobs)
+    return ["", f"{'All' if everyone else len(best)} jobs tie for the best `{report.monitor}` "
+                f"({fmt(best[0].monitor_value)}): jobs {', '.join(job.name for job in best)}. The monitor does not "
+                "separate them; compare another metric or train longer."]
+
+
+def seed_table(report: SweepReport) -> list[str]:
+    groups = seed_groups(report)
+    if not groups:
+        return []
+    lines = ["", f"Across seeds (`{report.monitor}`, mean ± sample std):", "",
+             "| configuration | seeds | mean ± std | jobs |", "|---|---:|---|---|"]
+    for key, jobs in groups:
+        mean, std = mean_std([job.monitor_value for job in jobs])
+        lines.append(f"| {key} | {len(jobs)} | {mean:.4g} ± {std:.2g} | {', '.join(job.name for job in jobs)} |")
+    return lines
+
+
+def best_command_lines(report: SweepReport) -> list[str]:
+    command = best_command(report)
+    return [] if command is None else ["", f"Best job ({best_jobs(report)[0].name}) as a single run:", "",
+                                        f"    {command}"]
 
 
 def write_csv(report: SweepReport, path: Path) -> None:
@@ -163,71 +229,9 @@ def x_positions(values: list[str | None]) -> tuple[list[float], list[str] | None
     return [float(categories.index(str(v))) for v in values], categories
 
 
-def plot_metric_vs_parameters(report: SweepReport, out_dir: Path) -> list[Path]:
-    """One chart per swept parameter; in a grid, one series per value of the other parameters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [j for j in report.jobs if j.status == "completed" and isinstance(j.monitor_value, (int, float))]
-    paths = []
-    for key in report.swept:
-        others = [other for other in report.swept if other != key]
-        figure, axes = plt.subplots(figsize=(5.5, 3.8))
-        xs, categories = x_positions([job.overrides.get(key) for job in done])
-        series_of = {}
-        for job, x in zip(done, xs):
-            name = " ".join(f"{o.split('.')[-1]}={short_number(job.overrides.get(o, ''))}" for o in others)
-            series_of.setdefault(name if len(others) == 1 else "", []).append((x, job))
-        for name, points in sorted(series_of.items()):
-            axes.scatter([x for x, _ in points], [job.monitor_value for _, job in points], label=name or None)
-            for x, job in points:
-                axes.annotate(job.name, (x, job.monitor_value), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if categories is not None:
-            axes.set_xticks(range(len(categories)), categories)
-        elif min(xs) > 0 and max(xs) / min(xs) > 20:
-            axes.set_xscale("log")
-        if any(series_of):
-            axes.legend(fontsize=7)
-        axes.set_xlabel(key)
-        axes.set_ylabel(report.monitor)
-        axes.set_title(f"{report.monitor} vs {key} ({report.direction[:3]})")
-        figure.tight_layout()
-        path = out_dir / f"{report.monitor.replace('/', '_')}_vs_{key.replace('/', '_')}.png"
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        paths.append(path)
-    return paths
-
-
-def plot_loss_curves(report: SweepReport, out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for job in report.jobs:
-        train = series(job.metrics, "train/loss")
-        if not train:
-            continue
-        line, = axes.plot(*zip(*train), label=label(job, report.swept), linewidth=1.2)
-        evaluation = series(job.metrics, "eval/loss")
-        if evaluation:
-            axes.plot(*zip(*evaluation), linestyle="--", marker="o", markersize=3, color=line.get_color())
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss (solid: train, dashed: eval)")
-    axes.set_title("loss curves of all jobs")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = out_dir / "loss_curves.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[SweepReport, list[Path]]:
+    from dsvl_exp.repro.report_plots import plot_loss_curves, plot_metric_vs_parameters
+
     report = build_report(sweep_dir)
     out_dir = Path(out_dir or sweep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

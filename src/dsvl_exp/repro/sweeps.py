@@ -58,3 +58,24 @@ class SweepDirectionCheck(Callback):
         except ConfigError as error:
             print(f"Error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: the best job and the single command that repeats it (with several
+    seeds per configuration, `python -m dsvl_exp.sweep_report` adds mean ± std)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dsvl_exp.repro.report import best_command, best_jobs, build_report
+
+        try:
+            report = build_report(config.hydra.sweep.dir)
+        except (FileNotFoundError, ValueError):  # no job got as far as its manifest
+            return
+        best = best_jobs(report)
+        if not best:
+            print(f"sweep {report.sweep_dir}: no job completed with {report.monitor}", flush=True)
+            return
+        tie = f" (tied with {len(best) - 1} more)" if len(best) > 1 else ""
+        print(f"sweep {report.sweep_dir}: best {report.monitor} {best[0].monitor_value:.6g} in job {best[0].name}{tie}; "
+              f"as a single run:\n  {best_command(report)}\nreport: python -m dsvl_exp.sweep_report {report.sweep_dir}",
+              flush=True)

@@ -106,6 +106,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return folder
 
 
+def card_summary(step: int, last_train: dict, last_eval: dict) -> dict:
+    """The model card's "How it was trained": the step and the last train and eval numbers, the same
+    whether the folder is written at the end of the run or later from its checkpoint."""
+    return {"step": step, **last_train, **last_eval}
+
+
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_adapters: bool = False,
                       trust: bool = False) -> Path:
     """Rebuild the model from the checkpoint's config.yaml, consolidate its ZeRO-2/3 shards in
@@ -138,8 +144,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_ada
     model.load_state_dict(state, strict=True)
     summary = {"checkpoint": folder.name}
     if (folder / TRAINER_STATE).is_file():
-        summary["trainer_state"] = json.loads((folder / TRAINER_STATE).read_text())
-    summary["config"] = OmegaConf.to_container(cfg, resolve=False)
+        state = json.loads((folder / TRAINER_STATE).read_text())
+        summary = card_summary(state["step"], state.get("last_train") or {}, state.get("last_eval") or {})
     out = Path(out_dir)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from dsvl_exp.training import rendezvous
+from dsvl_exp.training.library_logs import quiet_library_loggers
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -33,6 +34,7 @@ def prepare_rank(omp_threads: int | None, log_file: str | None = None) -> None:
     # 3,204 console lines of a 1,500-step single-process zero=3 run. Nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     configure_rank_logging(int(os.environ.get("RANK", 0)), log_file)
+    quiet_library_loggers()
     logging.captureWarnings(True)  # warnings reach train.log too, through the same handlers as the console
 
 

@@ -211,14 +211,15 @@ def make_saver(engine, checkpoint_dir: Path, state: LoopState, run_facts: dict, 
 def save_exports(engine, tokenizer, run_dir: Path, checkpoint_dir: Path, final_step: int, summary: dict) -> None:
     """<run dir>/export from the final weights; <run dir>/best from the best checkpoint (loaded
     back into the engine when it is an earlier step: training is over, nothing else needs it)."""
-    from dsvl_exp.training.exporting import export_from_engine
+    from dsvl_exp.training.exporting import card_summary, export_from_engine
 
-    export_from_engine(engine, tokenizer, run_dir / "export", training_summary={"step": final_step, **summary})
+    final = card_summary(final_step, {key: value for key, value in summary.items() if key != "steps"}, {})
+    export_from_engine(engine, tokenizer, run_dir / "export", training_summary=final)
     best = checkpoints.best_tag(checkpoint_dir)
     if best is None:
         return
     best_state = checkpoints.read_trainer_state(checkpoint_dir / best)
-    best_summary = {"step": best_state["step"], **best_state["last_train"], **best_state["last_eval"]}
+    best_summary = card_summary(best_state["step"], best_state["last_train"], best_state["last_eval"])
     if best != checkpoints.tag_for(final_step):
         with checkpoint_loading(source=checkpoint_dir / best):  # this run's own files: never needs trust
             engine.load_checkpoint(str(checkpoint_dir), tag=best)

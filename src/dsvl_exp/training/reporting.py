@@ -46,10 +46,15 @@ def print_parameter_table(counts: dict[str, dict[str, int]]) -> None:
 
 
 def print_summary(run_dir: Path, summary: dict) -> None:
-    def fmt(key: str) -> str:
-        value = summary.get(key)
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
     log.info("run directory: %s", run_dir)
-    log.info("final train loss %s | eval loss %s | eval answer accuracy %s | steps %s",
-             fmt("train/loss"), fmt("eval/loss"), fmt("eval/accuracy"), summary.get("steps"))
+    log.info("%s", summary_line(summary))
+
+
+def summary_line(summary: dict) -> str:
+    """The final numbers; a metric the run never logged (no eval, or eval without generation) is left out."""
+    shown = [f"{label} {summary[key]:.4f}" for key, label in SUMMARY_METRICS if isinstance(summary.get(key), (int, float))]
+    return " | ".join([*shown, f"steps {summary.get('steps')}"])
+
+
+SUMMARY_METRICS = (("train/loss", "final train loss"), ("eval/loss", "eval loss"),
+                   ("eval/accuracy", "eval answer accuracy"))

@@ -87,6 +87,15 @@ def auto_checkpoint(checkpoint_dir: Path) -> Path | None:
     return None
 
 
+def check_run_dir_use(run_dir: Path, checkpoint_dir: Path, choice: str | None) -> None:
+    """What the entry point checks before it writes anything: a fresh run needs an unused run
+    directory, a resume a checkpoint it can find (the ranks decide the same again in the recipe)."""
+    if choice is None:
+        refuse_used_run_dir(run_dir, checkpoint_dir)
+    else:
+        find_checkpoint(choice, checkpoint_dir)
+
+
 def refuse_used_run_dir(run_dir: Path, checkpoint_dir: Path) -> None:
     """resume=null is a fresh run: it must not append a second run to another's metrics."""
     used = [p for p in (run_dir / "metrics.jsonl", checkpoint_dir) if p.exists() and (p.is_file() or any(p.iterdir()))]
