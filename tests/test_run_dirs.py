@@ -54,9 +54,9 @@ def test_a_refused_start_writes_nothing_into_the_run_it_refuses(tmp_path):
     (run / "train.log").write_text("the first run's log\n")
     before = snapshot(tmp_path)
     refused = train(tmp_path, "experiment=smoke", "optim.lr=0.5", "hydra.run.dir=runs/done")
-    assert refused.returncode == 1 and "already holds a run" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr and "Traceback" not in refused.stderr
     typo = train(tmp_path, "experiment=smoke", "+optim.lrr=1", "hydra.run.dir=runs/done")
-    assert typo.returncode == 1 and "did you mean optim.lr?" in typo.stderr
+    assert typo.returncode == 2 and "did you mean optim.lr?" in typo.stderr
     assert snapshot(tmp_path) == before
     assert refused.stderr.count("already holds a run") == 1  # once, not again as a log line on stdout
     assert "already holds a run" not in refused.stdout
@@ -64,7 +64,7 @@ def test_a_refused_start_writes_nothing_into_the_run_it_refuses(tmp_path):
 
 def test_a_config_typo_leaves_no_new_run_directory(tmp_path):
     result = train(tmp_path, "+optim.lrr=1")
-    assert result.returncode == 1 and "did you mean optim.lr?" in result.stderr
+    assert result.returncode == 2 and "did you mean optim.lr?" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -300,5 +300,14 @@ def mmca_legacy_attention_forward(module, query, key, value, attention_mask, dro
 
 
 MMCA_IMPLEMENTATIONS = {"mmca": mmca_attention_forward, "mmca_legacy": mmca_legacy_attention_forward}
-for _name, _function in MMCA_IMPLEMENTATIONS.items():
-    AttentionInterface.register(_name, _function)
+
+
+def register_attention() -> None:
+    """Make these functions transformers' `mmca` / `mmca_legacy`. The registry is global: loading an
+    export folder's copy of this file (trust_remote_code) registers that copy's functions, with their
+    own mask cache, in their place."""
+    for name, function in MMCA_IMPLEMENTATIONS.items():
+        AttentionInterface.register(name, function)
+
+
+register_attention()

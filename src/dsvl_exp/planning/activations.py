@@ -181,6 +181,7 @@ def _forward(model, shape: BatchShape, dtype, types: torch.Tensor, plan) -> tupl
         pieces = [text_embeds] + ([image_embeds.reshape(shape.rows, -1, hidden_size)] if image_embeds is not None else [])
         embeds = torch.cat(pieces, dim=1)  # the splice: positions differ, sizes do not
         if plan is not None:
+            mmca.register_attention()  # the plan is seeded into this module's cache, not a loaded copy's
             mmca._cached(types, shape.length, dtype, False, lambda: plan)
         mask = {mmca.TOKEN_TYPES_KWARG: types} if model.uses_mmca else {}  # causal without padding: no mask
         positions = torch.arange(shape.length)[None].expand(shape.rows, -1)
