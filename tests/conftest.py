@@ -25,6 +25,23 @@ def cache_dir(tmp_path_factory):
     return path
 
 
+# What a process group started inside a test leaves in os.environ (training/distributed.py sets
+# them): a later test's subprocess would take itself for a rank of an external launcher.
+RENDEZVOUS_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                        "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+@pytest.fixture(autouse=True)
+def rendezvous_variables_restored():
+    saved = {name: os.environ.get(name) for name in RENDEZVOUS_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from dsvl_exp.models.tokenizer import load_tokenizer

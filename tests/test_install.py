@@ -54,7 +54,7 @@ def test_wheel_install_runs_experiment_smoke_from_any_directory(tmp_path):
     located = run([python, "-c", "import dsvl_exp; print(dsvl_exp.__file__)"], cwd=anywhere, env=env).stdout
     assert located.startswith(str(purelib)), located
     help_text = run([venv / "bin" / "dsvl-train", "--help"], cwd=anywhere, env=env).stdout
-    assert "== Configuration groups ==" in help_text and "smoke" in help_text
+    assert "Config groups (choose one with group=option):" in help_text and "smoke" in help_text
     job = run([venv / "bin" / "dsvl-train", "experiment=smoke", "--cfg", "job"], cwd=anywhere, env=env).stdout
     assert "max_steps: 20" in job
     run([python, "-m", "dsvl_exp.train", "experiment=smoke", "train.max_steps=2", "eval.generation=false",

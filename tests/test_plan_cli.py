@@ -70,7 +70,7 @@ def test_tiny_default_epoch_time_from_its_data(tmp_path):
     time = plan["time"]
     assert time["train_samples"] == 2000 and time["steps_per_epoch"] == 2000 // 8  # micro-batch 8, 1 rank
     assert "no length cache yet" in time["data"]
-    assert time["run_seconds"] == pytest.approx(1500 * time["step_seconds"])  # train.max_steps=1500
+    assert time["run_seconds"] == pytest.approx(500 * time["step_seconds"])  # train.max_steps=500
     assert plan["fits"] and plan["largest_micro_batch"] == 64
 
 
@@ -106,7 +106,7 @@ def test_unknown_gpu_is_a_user_error(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["dsvl-plan", "--gpu", "A100-20GB"])
     with pytest.raises(SystemExit) as exit_info:
         plan.main()
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "--gpu 'A100-20GB' is not one of A100-40GB, A100-80GB, H100-80GB, H200" in error and "Traceback" not in error
 
@@ -143,6 +143,6 @@ def test_bad_override_is_a_user_error(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["dsvl-plan", "decoder.attention=bogus"])
     with pytest.raises(SystemExit) as exit_info:
         plan.main()
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "decoder.attention=bogus" in error and "Traceback" not in error

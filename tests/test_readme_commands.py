@@ -55,6 +55,11 @@ SKIPPED = {  # command (as written) -> why it cannot run here
     "python -m dsvl_exp.sweep_report <sweep dir>": "a pattern: the sweep_report commands run above",
     "python -m dsvl_exp.reproduce": "names the command: the reproduce commands run above",
     "python -m dsvl_exp.reproduce <sweep dir>/5": "re-runs a 150-step job of the ablation: reproduce runs above",
+    "dsvl-*": "a pattern naming every console script",
+    "make test-fresh-venv": "builds a virtual environment from the package registry (minutes); its own target",
+    "python -m dsvl_exp.export old_export --out my_model": "needs a folder exported by an older release "
+                                                          "(tests/test_hf_model.py converts one)",
+    "python -m dsvl_exp.export OLD_FOLDER --out NEW_FOLDER": "the same conversion, as a pattern",
     "python -m dsvl_exp.export --from-dsvl /ckpt/epoch-5/pytorch_model.bin --vision /models/clip-vit-large-patch14 "
     "--decoder /models/Llama-2-7b-hf --tokenizer /models/Llama-2-7b-hf --projection baseline --attention mmca_legacy "
     "--image-order reversed_legacy --out /models/dsvl-7b": "a reference checkpoint and its 7B folders "
@@ -65,7 +70,7 @@ SKIPPED = {  # command (as written) -> why it cannot run here
 # diff exits 1 when the runs differ in meaning (documented): the README's examples compare different runs.
 EXIT_STATUSES = {r"^python -m dsvl_exp\.diff\b": (0, 1)}
 STDIN = {r"^python -m dsvl_exp\.chat MODEL$": "/quit\n"}
-READY_LINE = {r"^python -m dsvl_exp\.serve\b": "serving"}
+READY_LINE = {r"^python -m dsvl_exp\.serve\b": "serving", r"^dsvl-api\b": "serving"}
 COMMAND_TIMEOUT_S = 600
 
 
@@ -95,7 +100,8 @@ def fill_placeholders(command: str, cwd: Path) -> str:
     if "RUN_A RUN_B" in command:
         command = command.replace("RUN_A RUN_B", f"{newest('outputs/default/*/*', 0)} {newest('outputs/default/*/*', 1)}")
     command = re.sub(r"([\w./-]+/checkpoints)/step-\d{8}", lambda m: newest(f"{m[1]}/step-*", 0), command)
-    command = command.replace("--port 7860", f"--port {free_port()}")  # the README's port may be taken here
+    for port in ("7860", "8000"):  # the README's ports may be taken here
+        command = command.replace(f"--port {port}", f"--port {free_port()}")
     return command.replace("MODEL", "runs/my_run")
 
 

@@ -177,6 +177,6 @@ def test_sweep_report_on_an_optuna_sweep(optuna_sweep):
 def test_a_sweeper_direction_against_the_monitor_stops_before_any_job(tmp_path):
     # Hydra's Optuna plugin minimises by default; the default monitor is eval/accuracy
     result = run_module("dsvl_exp.train", "-m", "hydra/sweeper=optuna", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "hydra.sweeper.direction=minimize but eval.monitor=eval/accuracy should be maximized" in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.glob("multirun/*/*/*/0"))

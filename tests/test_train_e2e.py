@@ -96,11 +96,11 @@ def test_train_log_holds_what_the_console_shows(smoke):
     _, run_dir, result = smoke
     log = (run_dir / "train.log").read_text()
     values = dict(map(tuple, GOLDEN["values"]["train/loss"]))
-    for text in ("resolved config:", "parameters:", f"step 5 | loss {values[5]:.4f} | lr ", " | tokens/s ",
+    for text in ("resolved config:", "parameters:", f"step 5/20 | loss {values[5]:.4f} | lr ", " | tokens/s ",
                  "step 20 | eval/loss ", f"run directory: {run_dir}", f"final train loss {values[20]:.4f} | eval loss "):
         assert text in log, text
         assert text in result.stdout, text
-    assert len(re.findall(r"step \d+ \| loss ", log)) == 4
+    assert len(re.findall(r"step \d+/\d+ \| loss ", log)) == 4
     assert "FutureWarning" not in result.stderr
 
 

@@ -16,7 +16,8 @@ import logging
 import os
 import sys
 
-from dsvl_exp.errors import UserError
+from dsvl_exp.console import run_command
+from dsvl_exp.errors import ConfigError, UserError
 
 
 def parse_arguments(argv: list[str]):
@@ -45,8 +46,9 @@ def compose_run_config(overrides: list[str]):
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=resume_shorthand(quote_numeric_group_choices(overrides)))
+    # not check_precision_fits_the_machine: a plan is for the cards it names, not this machine
     for check in (validation.check_known_keys, validation.check_resolves, validation.check_parts_fit,
-                  validation.check_training_settings, validation.check_local_folders):
+                  validation.check_training_settings, validation.check_value_ranges, validation.check_local_folders):
         check(cfg)
     return cfg
 
@@ -93,19 +95,23 @@ def run(argv: list[str]) -> None:
         print(sweep_table(rows))
 
 
-def main() -> None:
+def plan_command() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never downloads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from hydra.errors import HydraException
 
     try:
         run(sys.argv[1:])
-    except (UserError, HydraException) as error:  # a bad override fails composition, as for train
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        cause = f" ({error.__cause__})" if isinstance(error, HydraException) and error.__cause__ else ""
-        print(f"Error: {error}{cause}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except HydraException as error:  # a bad override fails composition, as for train
+        from dsvl_exp.train import composition_message
+
+        raise ConfigError(composition_message(error)) from error
+    return 0
+
+
+def main() -> None:
+    """The console script: the exit statuses of dsvl_exp/console.py (user errors 2, one message)."""
+    run_command(plan_command)
 
 
 if __name__ == "__main__":

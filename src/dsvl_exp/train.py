@@ -85,8 +85,11 @@ def refuse_before_writing(cfg: DictConfig, run_dir: Path) -> None:
     """The start-up checks of a single run, before anything is written: a refused start leaves an
     existing run directory untouched and removes the empty one Hydra just created for it."""
     try:
-        validate_config(cfg)
         from dsvl_exp.training.resume import check_run_dir_use
+        from dsvl_exp.training.run_lock import check_not_busy
+
+        check_not_busy(run_dir)  # a live run's directory: say so, not that it "already holds a run"
+        validate_config(cfg)
 
         checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
         check_run_dir_use(run_dir, checkpoint_dir, cfg.resume.checkpoint)

@@ -50,7 +50,8 @@ def data_profile(cfg: DictConfig, tokenizer, tokens_per_image: int) -> DataProfi
     check_dataset_paths(cfg)
     data = setup_data(cfg.data, cfg.seed)
     template = ChatTemplate(system_prompt=cfg.data.system_prompt)
-    cache = (lengths_cache_path(cfg.data.cache_dir, data.key, "train", tokenizer, template, tokens_per_image)
+    cache = (lengths_cache_path(cfg.data.cache_dir, data.key, "train", tokenizer, template, tokens_per_image,
+                                cfg.data.max_seq_len)
              if cfg.data.cache_dir else None)
     if cache is not None and cache.is_file():
         fitted = fit_to_max_seq_len(data.train, tokenizer, template, tokens_per_image, cfg.data.max_seq_len, "train", cache)

@@ -56,8 +56,10 @@ class SweepDirectionCheck(Callback):
         try:
             check_direction(config)
         except ConfigError as error:
-            print(f"Error: {error}", file=sys.stderr)
-            raise SystemExit(1) from None
+            from dsvl_exp.console import EXIT_USER_ERROR
+
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
 
 
 class SweepSummary(Callback):

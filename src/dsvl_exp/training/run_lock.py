@@ -42,6 +42,26 @@ def holder_description(text: str) -> str:
         return "another process"
 
 
+def busy_message(run_dir: Path, holder_text: str) -> str:
+    return (f"the run directory {run_dir} is in use by {holder_description(holder_text)}. Wait for that run "
+            "to end (or stop it), or start this one in another directory (hydra.run.dir=...)")
+
+
+def check_not_busy(run_dir: Path) -> None:
+    """RunDirectoryBusy when a live run holds `run_dir`'s lock; writes nothing (the start-up checks
+    run before anything is written)."""
+    path = run_dir / LOCK_FILE
+    if not path.is_file():
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirectoryBusy(busy_message(run_dir, path.read_text())) from None
+    finally:
+        os.close(descriptor)  # closing drops the shared lock, if it was taken
+
+
 @contextmanager
 def hold_run_dir(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     """Hold `run_dir`'s lock for the `with` block; RunDirectoryBusy when a live run holds it."""
@@ -55,9 +75,7 @@ def hold_run_dir(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirectoryBusy(
-                f"the run directory {run_dir} is in use by {holder_description(path.read_text())}. Wait for that run "
-                "to end (or stop it), or start this one in another directory (hydra.run.dir=...)") from None
+            raise RunDirectoryBusy(busy_message(run_dir, path.read_text())) from None
         previous = os.read(descriptor, 4096).decode(errors="replace").strip()
         if previous:
             log.warning("took over the lock of %s: that process is gone (it ended without releasing %s)",
