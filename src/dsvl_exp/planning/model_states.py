@@ -12,8 +12,9 @@ training/footprint.py reads off a real engine to the byte:
 - gradients (not in the footprint, estimated): each rank's partition of the trainable
   gradients in the run's precision (the reduce bucket is planned with the communication buffers).
 
-Parameter groups are the recipe's (training/engine.py `parameter_groups`), the same under
-ZeRO-2 and ZeRO-3 (under ZeRO-3 the engine reads a partitioned parameter's full shape).
+Parameter groups are the recipe's (training/engine.py `parameter_groups`). Under ZeRO-3 the
+parameters are already partitioned (1-D) when the groups are formed, so the decay / no-decay
+split collapses and only the embedding split remains; this mirrors what the engine does.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ class ModelStates:
         return self.parameter_bytes + self.gradient_bytes + self.master_bytes + self.state_bytes - self.offloaded_bytes
 
 
-def group_numels(model: torch.nn.Module) -> list[list[int]]:
+def group_numels(model: torch.nn.Module, stage: int) -> list[list[int]]:
     """The numel of every trainable parameter, per optimizer parameter group, as the engine forms them."""
     from dsvl_exp.training.engine import parameter_groups
 
-    return [[p.numel() for p in group["params"]] for group in parameter_groups(model, 1.0, None, 0.0)]
+    groups = parameter_groups(model, 1.0, None, 0.0)
+    if stage == 3:
+        merged: dict[bool, list[int]] = {}
+        for group in groups:
+            merged.setdefault(group["name"].startswith("embedding"), []).extend(p.numel() for p in group["params"])
+        return [numels for _, numels in sorted(merged.items())]
+    return [[p.numel() for p in group["params"]] for group in groups]
 
 
 def zero2_partition(numels: list[int], ranks: int) -> int:
@@ -58,7 +65,7 @@ def model_states(model: torch.nn.Module, stage: int, ranks: int, precision: str,
                  offload_param: bool) -> ModelStates:
     width = PRECISION_BYTES[precision]
     all_numels = [p.numel() for p in model.parameters()]
-    groups = group_numels(model)
+    groups = group_numels(model, stage)
     if stage == 3:
         parameters = sum(math.ceil(n / ranks) for n in all_numels) * width
         partitions = [sum(math.ceil(n / ranks) for n in numels) for numels in groups]

@@ -105,8 +105,7 @@ def parameter_groups(model: nn.Module, lr: float, embedding_lr: float | None, we
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        # ZeRO-3 has already partitioned the parameter into a 1-D shard: its full shape is ds_shape
-        key = (len(getattr(param, "ds_shape", param.shape)) >= 2, id(param) in embedding_params)
+        key = (param.ndim >= 2, id(param) in embedding_params)
         groups.setdefault(key, []).append(param)
     result = []
     for (decay, is_embedding), params in sorted(groups.items()):
