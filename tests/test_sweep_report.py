@@ -70,3 +70,12 @@ def test_the_end_of_a_multirun_prints_the_best_job_as_a_single_run(tmp_path, cap
     printed = capsys.readouterr().out
     assert f"sweep {sweep}: best eval/loss 2 in job 4; as a single run:" in printed
     assert "  python -m dsvl_exp.train experiment=smoke optim.lr=0.001 seed=0\n" in printed
+
+
+def test_the_best_command_spells_group_choices_as_typed(tmp_path):
+    from dsvl_exp.repro.report import best_command
+
+    sweep = tmp_path / "sweep"
+    write_job(sweep, 0, {"zero": "'3'", "optim.lr": 1e-3}, "eval/loss", 2.0, [3.0, 2.0])
+    (sweep / "multirun.yaml").write_text("{}")
+    assert best_command(build_report(sweep)) == "python -m dsvl_exp.train zero=3 optim.lr=0.001"

@@ -100,7 +100,9 @@ def best_command(report: SweepReport) -> str | None:
     best = best_jobs(report)
     if not best:
         return None
-    return " ".join(["python -m dsvl_exp.train", *(shlex.quote(item) for item in best[0].override_list)])
+    from dsvl_exp.config.overrides import as_typed  # zero=3 as the user types it, not the quoted zero='3'
+
+    return " ".join(["python -m dsvl_exp.train", *(shlex.quote(item) for item in as_typed(best[0].override_list))])
 
 
 def seed_groups(report: SweepReport) -> list[tuple[str, list[Job]]]:
