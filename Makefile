@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-quick test-browser test-fresh-venv tokenizer clean
+.PHONY: setup demo test test-quick test-browser test-fresh-venv test-lmms-eval tokenizer clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ test-quick: setup
 # An export folder loaded by transformers alone, in a virtual environment built for the test (minutes).
 test-fresh-venv: setup
 	DSVL_TEST_FRESH_VENV=1 $(PY) -m pytest -q tests/test_fresh_venv.py
+
+# lmms-eval beside this package, in an environment of its own (.venv-lmms; minutes): it pulls a
+# torchvision that does not load beside the CPU torch, removed as the README's "Serve and score" says.
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+test-lmms-eval:
+	test -x $(LMMS_PY) || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(LMMS_PY) -m pip install -q -e '.[dev]'
+	$(LMMS_PY) -c "import torch; print('torch==' + torch.__version__)" > $(LMMS_VENV)/constraints.txt
+	$(LMMS_PY) -m pip install -q -c $(LMMS_VENV)/constraints.txt "lmms-eval==0.7"
+	$(LMMS_PY) -m pip uninstall -q -y torchvision
+	DSVL_REQUIRE_LMMS_EVAL=1 $(LMMS_PY) -m pytest -q tests/test_lmms_eval.py
 
 # The web demo in headless Chromium (Debian's packages; Selenium drives it, nothing is downloaded).
 # The page's screenshot is also copied to outputs/serve_screenshot.png.

@@ -5,6 +5,7 @@ same questions. Skipped where lmms-eval is not installed (`pip install lmms-eval
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,14 @@ from inference_fixtures import entry_point_env, run_module
 from test_openai_api import TOKEN, api_server  # noqa: F401 (the API server fixture)
 
 pytestmark = pytest.mark.slow
+
+
+def require_lmms_eval() -> None:
+    """Skipped where lmms-eval is not installed; `make test-lmms-eval` installs it and requires it."""
+    if os.environ.get("DSVL_REQUIRE_LMMS_EVAL") == "1":
+        import lmms_eval  # noqa: F401 (an ImportError fails the test)
+    else:
+        pytest.importorskip("lmms_eval")
 
 
 def lmms_eval_samples(model_args: list[str], task_dir: Path, task: str, out: Path) -> tuple[dict, list[dict]]:
@@ -30,7 +39,7 @@ def lmms_eval_samples(model_args: list[str], task_dir: Path, task: str, out: Pat
 
 
 def test_lmms_eval_scores_the_model_as_evaluate_does(trained_run, tmp_path):
-    pytest.importorskip("lmms_eval")
+    require_lmms_eval()
     from dsvl_exp.harness.lmms_eval_task import write_task
 
     task_dir = tmp_path / "tasks"
@@ -54,7 +63,7 @@ def test_lmms_eval_scores_the_model_as_evaluate_does(trained_run, tmp_path):
 
 def test_lmms_eval_through_the_openai_api_gives_the_same_answers(trained_run, api_server, tmp_path):
     """The route for harnesses that speak the OpenAI API: lmms-eval's own `openai` model."""
-    pytest.importorskip("lmms_eval")
+    require_lmms_eval()
     from dsvl_exp.harness.lmms_eval_task import write_task
 
     task_dir = tmp_path / "tasks"

@@ -57,6 +57,7 @@ SKIPPED = {  # command (as written) -> why it cannot run here
     "python -m dsvl_exp.reproduce <sweep dir>/5": "re-runs a 150-step job of the ablation: reproduce runs above",
     "dsvl-*": "a pattern naming every console script",
     "make test-fresh-venv": "builds a virtual environment from the package registry (minutes); its own target",
+    "make test-lmms-eval": "builds an environment with lmms-eval from the package registry (minutes); its own target",
     "python -m dsvl_exp.export old_export --out my_model": "needs a folder exported by an older release "
                                                           "(tests/test_hf_model.py converts one)",
     "python -m dsvl_exp.export OLD_FOLDER --out NEW_FOLDER": "the same conversion, as a pattern",
