@@ -62,7 +62,7 @@ def test_full_fine_tune_on_one_card_does_not_fit_and_names_cheaper_changes(capsy
 
 @pytest.mark.slow
 def test_tiny_default_epoch_time_from_its_data(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DSVL_CACHE_DIR": str(tmp_path / "cache")}  # no length cache yet
     result = subprocess.run([sys.executable, "-m", "dsvl_exp.plan", "--json"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
