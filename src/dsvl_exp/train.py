@@ -41,7 +41,7 @@ from dsvl_exp.errors import ConfigError, UserError
 from dsvl_exp.repro import run_dirs
 from dsvl_exp.repro.sweeps import register_sweep_resolvers
 from dsvl_exp.training import rendezvous
-from dsvl_exp.training.library_logs import quiet_library_loggers
+from dsvl_exp.training.third_party_logs import quiet_library_loggers
 
 # The configs ship inside the package, so a wheel, an editable install and a checkout all find them.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from dsvl_exp.training import rendezvous
-from dsvl_exp.training.library_logs import quiet_library_loggers
+from dsvl_exp.training.third_party_logs import quiet_library_loggers
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
