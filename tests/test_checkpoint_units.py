@@ -35,7 +35,28 @@ def test_config_differences_ignore_length_logging_and_checkpoint_keys():
              "logger": {"wandb": {"mode": "offline"}}, "checkpoint": {"every_n_steps": 5}, "seed": 0}
     current = {"optim": {"lr": 0.001, "betas": [0.9, 0.99]}, "train": {"max_steps": 20, "progress_bar": False},
                "logger": {"wandb": {"mode": "online"}}, "checkpoint": {"every_n_steps": 2}, "seed": 0, "extra": 1}
-    assert config_differences(saved, current) == ["extra", "optim.betas.1"]
+    assert config_differences(saved, current) == ["extra", "optim.betas"]
+
+
+def test_a_moved_cache_directory_is_volatile_for_diff_and_allowed_on_resume():
+    from dsvl_exp.repro.compare import dict_differences
+    from dsvl_exp.config.meaning import volatile
+
+    saved = {"data": {"cache_dir": "/a/data", "synthetic": {"root": "/a/synthetic", "num_train": 8}}, "seed": 0}
+    moved = {"data": {"cache_dir": "/b/data", "synthetic": {"root": "/b/synthetic", "num_train": 8}}, "seed": 0}
+    assert config_differences(saved, moved) == []
+    assert [(d.key, d.kind) for d in dict_differences("config", saved, moved, volatile)] == [
+        ("data.cache_dir", "volatile"), ("data.synthetic.root", "volatile")]
+    more_data = {"data": {"cache_dir": "/b/data", "synthetic": {"root": "/b/synthetic", "num_train": 9}}, "seed": 0}
+    assert config_differences(saved, more_data) == ["data.synthetic.num_train"]
+    assert [(d.key, d.kind) for d in dict_differences("config", saved, more_data, volatile)] == [
+        ("data.cache_dir", "volatile"), ("data.synthetic.num_train", "meaningful"), ("data.synthetic.root", "volatile")]
+
+
+def test_resume_and_diff_compare_numbers_by_value():
+    assert config_differences({"optim": {"lr": 1e-3, "warmup_steps": 1}}, {"optim": {"lr": 0.001, "warmup_steps": 1.0}}) == []
+    assert config_differences({"train": {"gradient_clipping": 1}}, {"train": {"gradient_clipping": True}}) == [
+        "train.gradient_clipping"]
 
 
 def test_a_key_added_after_the_checkpoint_changes_nothing_at_its_default():

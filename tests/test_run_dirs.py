@@ -82,12 +82,13 @@ def test_run_outputs_are_not_code(tmp_path):
 
 
 def test_resume_settings_do_not_change_the_verdict():
-    from dsvl_exp.repro.compare import compare_overrides, dict_differences, VOLATILE_CONFIG_KEYS
+    from dsvl_exp.config.meaning import volatile
+    from dsvl_exp.repro.compare import compare_overrides, dict_differences
 
     overrides = compare_overrides(["experiment=smoke", "resume.checkpoint=auto"], ["experiment=smoke"])
     assert [(d.key, d.kind) for d in overrides] == [("resume.checkpoint", "volatile")]
     config = dict_differences("config", {"resume": {"checkpoint": "auto"}}, {"resume": {"checkpoint": None}},
-                              lambda key: key.startswith(VOLATILE_CONFIG_KEYS))
+                              volatile)
     assert [(d.key, d.kind) for d in config] == [("resume.checkpoint", "volatile")]
 
 

@@ -10,11 +10,12 @@ as information only. The verdict is `identical`, `volatile` (differs only in vol
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsvl_exp.config import meaning
+from dsvl_exp.config.meaning import ABSENT, flatten, same_value
 from dsvl_exp.errors import UserError
 from dsvl_exp.repro.environment import FREEZE_FILE, read_freeze
 from dsvl_exp.repro.manifest import MANIFEST, read_manifest
@@ -24,10 +25,6 @@ IDENTICAL, VOLATILE, DIFFERS = "identical", "volatile", "differs"
 VERDICT_TEXT = {IDENTICAL: "identical", VOLATILE: "differs only in volatile fields", DIFFERS: "differs in meaning"}
 SECTIONS = ("status", "group choices", "overrides", "config", "derived", "code", "environment", "hardware", "seeds",
             "data", "outcomes")
-# Config keys that name where things are or how a run is labelled, not what it computes.
-# `resume.*` says where a run continued from: a resumed run computes what an uninterrupted one does
-# (checkpoints restore everything, tested bit for bit), so it never changes the verdict.
-VOLATILE_CONFIG_KEYS = ("data.synthetic.root", "logger.", "train.progress_bar", "resume.")
 # W&B labels the entry point derives from the overrides and the sweep: bookkeeping, shown only.
 LABEL_CONFIG_KEYS = ("logger.run_name", "logger.wandb.name", "logger.wandb.group", "logger.wandb.tags")
 VOLATILE_HARDWARE_KEYS = ("hostname",)
@@ -86,35 +83,11 @@ def load_run(path: Path) -> Run:
     return Run(path, manifest, read_metrics(path))
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}{key}."))
-        return flat or {prefix[:-1]: {}}
-    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
-        flat = {}
-        for index, item in enumerate(value):
-            flat.update(flatten(item, f"{prefix}{index}."))
-        return flat or {prefix[:-1]: []}
-    return {prefix[:-1]: value}
-
-
-def same_value(a: Any, b: Any, tolerance: float = 0.0) -> bool:
-    """Numbers by value (1e-3 == 0.001, 1 == 1.0), bools apart from numbers, NaN equal to NaN."""
-    numeric = (int, float)
-    if isinstance(a, numeric) and isinstance(b, numeric) and not isinstance(a, bool) and not isinstance(b, bool):
-        if math.isnan(a) and math.isnan(b):
-            return True
-        return abs(a - b) <= tolerance * max(1.0, abs(a), abs(b))
-    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
-
-
 def dict_differences(section: str, a: dict, b: dict, volatile=lambda key: False, prefix: str = "") -> list[Difference]:
     flat_a, flat_b = flatten(a or {}), flatten(b or {})
     out = []
     for key in sorted(set(flat_a) | set(flat_b)):
-        value_a, value_b = flat_a.get(key, "<absent>"), flat_b.get(key, "<absent>")
+        value_a, value_b = flat_a.get(key, ABSENT), flat_b.get(key, ABSENT)
         if not same_value(value_a, value_b):
             out.append(Difference(section, prefix + key, value_a, value_b, "volatile" if volatile(key) else "meaningful"))
     return out
@@ -125,7 +98,7 @@ def compare_overrides(a: list[str], b: list[str]) -> list[Difference]:
         return dict(item.split("=", 1) if "=" in item else (item, "") for item in overrides)
 
     return dict_differences("overrides", as_dict(a or []), as_dict(b or []),
-                            lambda key: key.lstrip("+~") == "resume" or key.lstrip("+~").startswith(VOLATILE_CONFIG_KEYS))
+                            lambda key: meaning.volatile(key.lstrip("+~")))
 
 
 def compare_code(a: dict, b: dict) -> list[Difference]:
@@ -186,7 +159,7 @@ def compare_outcomes(run_a: Run, run_b: Run, tolerance: float) -> list[Differenc
     for key in sorted(set(final_a) | set(final_b)):
         if key.startswith(PERF_PREFIXES):
             continue
-        value_a, value_b = final_a.get(key, "<absent>"), final_b.get(key, "<absent>")
+        value_a, value_b = final_a.get(key, ABSENT), final_b.get(key, ABSENT)
         if not same_value(value_a, value_b, tolerance):
             note = ""
             if all(isinstance(v, (int, float)) for v in (value_a, value_b)):
@@ -211,7 +184,7 @@ def compare_runs(run_a: Run, run_b: Run, tolerance: float = DEFAULT_TOLERANCE) -
     differences += [
         Difference(d.section, d.key, d.a, d.b, "info") if d.key.startswith(LABEL_CONFIG_KEYS) else d
         for d in dict_differences("config", a.get("config") or {}, b.get("config") or {},
-                                  lambda key: key.startswith(VOLATILE_CONFIG_KEYS))
+                                  meaning.volatile)
     ]
     differences += dict_differences("derived", a.get("derived") or {}, b.get("derived") or {})
     differences += compare_code(a.get("code") or {}, b.get("code") or {})

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from dsvl_exp.config.meaning import ABSENT, flatten, resume_may_change, same_value, under
 from dsvl_exp.errors import UserError
 from dsvl_exp.training.checkpoint import (
     COMPLETE_MARKER,
@@ -25,11 +26,6 @@ log = logging.getLogger(__name__)
 
 class ResumeError(UserError, ValueError):
     """A run directory or checkpoint that this run may not start from or continue."""
-
-# Keys a resume may change: how long to train, how to log, how to checkpoint and resume.
-# Anything else (model, data, optimizer, seed, eval, ranks ...) changes what the run means.
-CHANGEABLE_KEYS = ("train.max_steps", "train.epochs", "train.log_every_n_steps", "train.progress_bar",
-                   "logger", "resume", "checkpoint", "manifest")
 
 
 def find_checkpoint(choice: str | None, checkpoint_dir: Path) -> Path | None:
@@ -106,21 +102,6 @@ def refuse_used_run_dir(run_dir: Path, checkpoint_dir: Path) -> None:
             "directory (another hydra.run.dir=...)")
 
 
-def flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return {prefix: node}
-    flat = {}
-    for key, value in items:
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    if not flat and prefix:
-        flat[prefix] = node
-    return flat
-
-
 # Keys the saved weights and optimizer shards are laid out for: a checkpoint cannot load into a run
 # that changes them, resume.allow_config_change or not.
 LOAD_BEARING_KEYS = ("vision", "decoder", "projection", "lora", "zero.stage", "train.vision", "train.projection",
@@ -128,7 +109,7 @@ LOAD_BEARING_KEYS = ("vision", "decoder", "projection", "lora", "zero.stage", "t
 
 
 def load_bearing(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in LOAD_BEARING_KEYS)
+    return under(key, LOAD_BEARING_KEYS)
 
 
 def check_world_size(trainer_state: dict, world_size: int, checkpoint: Path) -> None:
@@ -139,10 +120,6 @@ def check_world_size(trainer_state: dict, world_size: int, checkpoint: Path) -> 
                           f"(launcher.nproc_per_node={saved}, or the same torchrun / deepspeed launch)")
 
 
-def changeable(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in CHANGEABLE_KEYS)
-
-
 def schema_defaults() -> dict:
     """The schema's default of every dotted key (a key added to the schema after a checkpoint was
     written is absent from its config; at its default it changes nothing)."""
@@ -150,23 +127,27 @@ def schema_defaults() -> dict:
 
     from dsvl_exp.config import schema
 
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(schema.Config), resolve=False))
+    def plain(node) -> dict:
+        return OmegaConf.to_container(OmegaConf.structured(node), resolve=False, enum_to_str=True)
+
+    defaults = flatten(plain(schema.Config))
     for group, node in (("data", schema.DataConfig), ("zero", schema.ZeroConfig), ("launcher", schema.LauncherConfig)):
-        defaults.update(flatten(OmegaConf.to_container(OmegaConf.structured(node), resolve=False), group))
+        defaults.update(flatten(plain(node), f"{group}."))
     return defaults
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Dotted keys whose values differ between the checkpoint's config and this run's."""
+    """Dotted keys whose values differ between the checkpoint's config and this run's, by the same
+    comparison `diff` makes (config/meaning.py), except the keys a resume may change."""
     before, after = flatten(saved), flatten(current)
     defaults = schema_defaults() if after.keys() - before.keys() else {}
 
     def differs(key: str) -> bool:
-        if key not in before and key in defaults and str(after.get(key)) == str(defaults[key]):
+        if key not in before and key in defaults and same_value(after.get(key), defaults[key]):
             return False
-        return str(before.get(key, "<absent>")) != str(after.get(key, "<absent>"))
+        return not same_value(before.get(key, ABSENT), after.get(key, ABSENT))
 
-    return sorted(k for k in before.keys() | after.keys() if not changeable(k) and differs(k))
+    return sorted(k for k in before.keys() | after.keys() if not resume_may_change(k) and differs(k))
 
 
 def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: bool) -> None:
@@ -176,19 +157,19 @@ def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: boo
     before, after = flatten(saved), flatten(current)
     structural = [k for k in differences if load_bearing(k)]
     if structural:
-        changes = "; ".join(f"{k}: {before.get(k, '<absent>')} -> {after.get(k, '<absent>')}" for k in structural)
+        changes = "; ".join(f"{k}: {before.get(k, ABSENT)} -> {after.get(k, ABSENT)}" for k in structural)
         raise ResumeError(
             f"checkpoint {checkpoint} cannot load into this run: {changes}. These keys decide the shapes and layout "
             "of the saved weights and optimizer state (resume.allow_config_change does not cover them); resume with "
             "the checkpoint's values, or start a fresh run in a new hydra.run.dir")
-    listing = "; ".join(f"{k}: {before.get(k, '<absent>')} -> {after.get(k, '<absent>')}" for k in differences)
+    listing = "; ".join(f"{k}: {before.get(k, ABSENT)} -> {after.get(k, ABSENT)}" for k in differences)
     if allow:
         log.warning("resuming with a changed config (resume.allow_config_change=true): %s", listing)
         return
     raise ResumeError(
         f"the config differs from the one checkpoint {checkpoint} was trained with: {listing}. "
-        "Resume with the same settings (only train.max_steps, train.epochs, logging and checkpoint keys may "
-        "change), or set resume.allow_config_change=true to continue anyway")
+        "Resume with the same settings (only train.max_steps, train.epochs, logging, checkpoint and cache "
+        "directory keys may change), or set resume.allow_config_change=true to continue anyway")
 
 
 def truncate_metrics(path: Path, step: int) -> int:
