@@ -69,7 +69,7 @@ def stdout_to_stderr():
 
 def export_checkpoint_cached(checkpoint: Path, trust: bool = False) -> Path:
     """Its pickles are read weights-only unless `trust` (training/safe_loading.py)."""
-    from dsvl_exp.export import export_checkpoint
+    from dsvl_exp.training.exporting import export_checkpoint
 
     checkpoint = checkpoint.resolve()
     stamp = f"{checkpoint}:{checkpoint.stat().st_mtime_ns}"

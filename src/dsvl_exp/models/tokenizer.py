@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import AddedToken, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from dsvl_exp.constants import IMAGE_TAG_TOKEN, IMAGE_TOKEN
+from dsvl_exp.models.vocabulary import IMAGE_TAG_TOKEN, IMAGE_TOKEN
 
 BUNDLED_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 PAD_TOKEN = "<PAD>"

@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dsvl_exp.repro import manifest
-from dsvl_exp.training.rendezvous import started_by_external_launcher
+from dsvl_exp.process import started_by_external_launcher
 
 log = logging.getLogger(__name__)
 

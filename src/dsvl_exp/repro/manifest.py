@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
+from dsvl_exp.process import peak_rss_bytes
 from dsvl_exp.repro import environment as env_info
 from dsvl_exp.repro.metrics import best_metrics, read_metrics
 
@@ -156,8 +157,6 @@ def record_setup(run_dir: Path, *, config: dict, engine, ds_config: dict, world_
 
 def peak_memory() -> dict:
     import torch
-
-    from dsvl_exp.training.footprint import peak_rss_bytes
 
     memory = {"peak_rss_bytes_rank0": peak_rss_bytes()}
     if torch.cuda.is_available():

@@ -6,11 +6,11 @@ a real run (scripts/bench_distributed.py compares them)."""
 from __future__ import annotations
 
 import json
-import resource
-import sys
 from pathlib import Path
 
 import torch
+
+from dsvl_exp.process import peak_rss_bytes
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -48,12 +48,6 @@ def optimizer_bytes(optimizer) -> dict[str, int]:
     master = count([*base.state.keys(), *(p for group in base.param_groups for p in group["params"])])
     state = count(value for entry in base.state.values() for value in entry.values())
     return {"master_bytes": master, "state_bytes": state}
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def rank_footprint(engine, rank: int, world_size: int) -> dict:

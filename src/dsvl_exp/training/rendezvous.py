@@ -9,13 +9,7 @@ import os
 from collections.abc import Mapping
 
 from dsvl_exp.errors import UserError
-
-TORCH_RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-def started_by_external_launcher(environ: Mapping[str, str]) -> bool:
-    """torchrun and the deepspeed launcher export RANK / WORLD_SIZE / LOCAL_RANK to every rank."""
-    return all(name in environ for name in TORCH_RANK_VARIABLES)
+from dsvl_exp.process import TORCH_RANK_VARIABLES, started_by_external_launcher  # noqa: F401 (this module's API)
 
 
 def local_world_size(environ: Mapping[str, str]) -> int:

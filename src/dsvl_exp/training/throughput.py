@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from dsvl_exp.models.flops import FlopCounts, step_flops
-from dsvl_exp.training.footprint import peak_rss_bytes
+from dsvl_exp.process import peak_rss_bytes
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from NVIDIA's data sheets, for bf16 and fp16;
 # matched against torch.cuda.get_device_name(). A card not listed is measured instead.
