@@ -38,7 +38,7 @@ def test_supervised_loss_and_grads_equal_full_logits_path(tokenizer, attention):
 
     spliced = model.splice(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_num"], labels=batch["labels"])
     logits = model.decoder(inputs_embeds=spliced.embeds, position_ids=spliced.position_ids, use_cache=False,
-                           **model.mask_kwargs(spliced.attention_mask)).logits
+                           **model.mask_kwargs(spliced.token_types)).logits
     loss, count = causal_lm_loss(logits, spliced.labels)
     loss.backward()
     assert out.num_supervised_tokens == count == int((spliced.labels[:, 1:] != IGNORE_INDEX).sum()) > 0

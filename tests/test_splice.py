@@ -26,11 +26,11 @@ def test_images_replace_placeholders_in_document_order():
     row0 = out.embeds[0, :, 0].tolist()
     assert row0[:10] == [5, 6, 100, 101, 102, 7, 200, 201, 202, 8]
     assert row0[10:] == [-1] * 6  # pad embedding
-    assert out.attention_mask[0].tolist() == [TEXT, TEXT, IMAGE, IMAGE, IMAGE, TEXT, IMAGE, IMAGE, IMAGE, TEXT] + [0] * 6
+    assert out.token_types[0].tolist() == [TEXT, TEXT, IMAGE, IMAGE, IMAGE, TEXT, IMAGE, IMAGE, IMAGE, TEXT] + [0] * 6
     assert out.labels[0].tolist() == [IGNORE_INDEX] * 5 + [7] + [IGNORE_INDEX] * 3 + [8] + [IGNORE_INDEX] * 6
     row1 = out.embeds[1, :5, 0].tolist()
     assert row1 == [9, 300, 301, 302, 10]
-    assert out.attention_mask[1].tolist() == [TEXT, IMAGE, IMAGE, IMAGE, TEXT] + [0] * 11
+    assert out.token_types[1].tolist() == [TEXT, IMAGE, IMAGE, IMAGE, TEXT] + [0] * 11
     assert out.position_ids[0, :10].tolist() == list(range(10))
 
 
@@ -49,7 +49,7 @@ def test_left_padding_aligns_sequences_to_the_right():
     out = splice_images(text_embeds, input_ids, attention_mask, images, [1, 2], IMG, torch.zeros(1), padding_side="left")
     assert out.embeds.shape[1] == 7
     assert out.embeds[0, :, 0].tolist() == [0, 0, 0, 5, 100, 101, 6]
-    assert out.attention_mask[0].tolist() == [0, 0, 0, TEXT, IMAGE, IMAGE, TEXT]
+    assert out.token_types[0].tolist() == [0, 0, 0, TEXT, IMAGE, IMAGE, TEXT]
     assert out.position_ids[0, 3:].tolist() == [0, 1, 2, 3]
     assert out.embeds[1, :, 0].tolist() == [7, 102, 103, 8, 104, 105, 9]
 

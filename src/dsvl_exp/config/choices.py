@@ -87,8 +87,3 @@ class WandbMode(Choice):
     offline = "offline"
     online = "online"
     disabled = "disabled"
-
-
-class NonFiniteAction(Choice):
-    stop = "stop"  # stop the run, naming the step and the batch's sample ids
-    skip = "skip"  # drop that micro-batch (no backward), count it, go on

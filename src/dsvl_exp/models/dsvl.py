@@ -214,7 +214,8 @@ class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self.projection(features.to(next(self.projection.parameters()).dtype))
 
     # ---- the reference's contract: one <image> token per image -----------------------------------
-    def splice(self, images, input_ids, attention_mask, image_num, labels=None, padding_side="right", pad_to_multiple_of=None) -> SplicedBatch:
+    def splice(self, images, input_ids, attention_mask, images_per_sample, labels=None, padding_side="right",
+               pad_to_multiple_of=None) -> SplicedBatch:
         text_embeds = self.embed_tokens(input_ids)
         # through the module, not `.weight[...]`: under ZeRO-3 the weight is gathered only
         # inside the embedding's own forward (generate runs outside the engine's hooks too)
@@ -225,7 +226,7 @@ class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             image_embeds=self.encode_images(images),
-            image_num=list(image_num),
+            images_per_sample=list(images_per_sample),
             image_token_id=self.image_token_id,
             pad_embedding=pad_embedding,
             labels=labels,
@@ -255,7 +256,7 @@ class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds=spliced.embeds,
             position_ids=spliced.position_ids,
             use_cache=False,
-            **self.mask_kwargs(spliced.attention_mask),
+            **self.mask_kwargs(spliced.token_types),
         ).last_hidden_state
         lm_head = self.decoder.get_output_embeddings()
         if labels is None:
@@ -304,8 +305,8 @@ class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if int(is_image.sum()) != tokens:
             raise ValueError(f"the ids hold {int(is_image.sum())} image tokens but {features.shape[0]} image(s) need "
                              f"{tokens} ({self.tokens_per_image} each): expand every <image> with DSVLProcessor")
-        image_num = (is_image.sum(dim=1) // self.tokens_per_image).tolist()
-        features = features[image_permutation(image_num, self.image_order, features.device)]
+        images_per_sample = (is_image.sum(dim=1) // self.tokens_per_image).tolist()
+        features = features[image_permutation(images_per_sample, self.image_order, features.device)]
         return embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]).to(embeds.dtype))
 
     def prepare_inputs_for_generation(self, input_ids, *args, mm_token_type_ids=None, **kwargs):

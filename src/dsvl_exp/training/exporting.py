@@ -19,6 +19,8 @@ from torch import nn
 from dsvl_exp import collectives
 from dsvl_exp.errors import UserError
 from dsvl_exp.models.pretrained import save_pretrained
+from dsvl_exp.training.checkpoint import CONFIG as CHECKPOINT_CONFIG
+from dsvl_exp.training.checkpoint import LATEST, TRAINER_STATE
 from dsvl_exp.training.safe_loading import checkpoint_loading
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,6 @@ def export_from_engine(engine, tokenizer, out_dir: str | Path, *, keep_adapters:
 
 
 # ---- from a training checkpoint (offline, one process) ---------------------------------------
-CHECKPOINT_CONFIG = "config.yaml"
-TRAINER_STATE = "trainer_state.json"
-
-
 class ExportError(UserError, ValueError):
     """A source that cannot be exported; the message names the path and the fix."""
 
@@ -95,7 +93,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if (folder / "checkpoints").is_dir():  # a run directory (its own config.yaml is not a checkpoint's)
         folder = folder / "checkpoints"
-    latest = folder / "latest"
+    latest = folder / LATEST
     if latest.exists():
         folder = latest.resolve() if latest.is_dir() else folder / latest.read_text().strip()
     if not (folder / CHECKPOINT_CONFIG).is_file() or not any(folder.glob("*model_states.pt")):
