@@ -94,7 +94,7 @@ def full_logits_forward(self, images, input_ids, attention_mask, labels=None, im
     """The forward as it was: the LM head over every position, then the loss on the labelled ones."""
     spliced = self.splice(images, input_ids, attention_mask, image_num, labels=labels)
     logits = self.decoder(inputs_embeds=spliced.embeds, position_ids=spliced.position_ids, use_cache=False,
-                          **self.mask_kwargs(spliced.attention_mask)).logits
+                          **self.mask_kwargs(spliced.token_types)).logits
     loss, count = causal_lm_loss(logits, spliced.labels)
     return DSVLOutput(loss=loss, logits=logits, num_supervised_tokens=count)
 

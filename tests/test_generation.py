@@ -51,7 +51,7 @@ def test_cached_decoding_equals_full_recompute(tokenizer, attention):
         for step in range(5):
             new = generated[:, :step]
             embeds = torch.cat([spliced.embeds, model.embed_tokens(new)], dim=1)
-            types = torch.cat([spliced.attention_mask, torch.ones_like(new)], dim=1)
+            types = torch.cat([spliced.token_types, torch.ones_like(new)], dim=1)
             positions = (torch.cumsum((types > 0).long(), dim=1) - 1).clamp(min=0)
             logits = model.decoder(inputs_embeds=embeds, position_ids=positions, **model.mask_kwargs(types)).logits
             assert torch.equal(logits[:, -1].argmax(-1), generated[:, step])
