@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
+from dsvl_exp.data.collate import left_padded
 
 
 def prompts_batch(tokenizer):
@@ -11,13 +12,14 @@ def prompts_batch(tokenizer):
     bos = tokenizer.bos_token_id
     prompts = [[bos, 50, image_id, 30, 31, 32], [bos, image_id, 40, image_id, 41, 42, 43, 44], [bos, 60, 61]]
     image_num = [1, 2, 0]
-    length = max(map(len, prompts))
-    input_ids = torch.full((3, length), tokenizer.pad_token_id)
-    mask = torch.zeros_like(input_ids)
-    for r, p in enumerate(prompts):  # left padding
-        input_ids[r, length - len(p):] = torch.tensor(p)
-        mask[r, length - len(p):] = 1
+    input_ids, mask = left_padded(prompts, tokenizer.pad_token_id)
     return prompts, image_num, input_ids, mask
+
+
+def test_left_padded_ends_every_prompt_at_the_last_column():
+    input_ids, mask = left_padded([[5, 6, 7], [8]], pad_token_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]] and input_ids.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 # Not mmca_legacy: its leak spreads weight over padding keys too, so its output depends on how

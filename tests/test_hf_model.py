@@ -92,7 +92,7 @@ PROMPTS = [(2, "Compare image 1 and image 2."), (0, "Say something."), (1, "What
 
 
 def reference_inputs(tokenizer, prompts):
-    from dsvl_exp.inference.generation import left_padded
+    from dsvl_exp.data.collate import left_padded
 
     ids = []
     for number, question in prompts:

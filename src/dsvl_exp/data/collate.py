@@ -1,4 +1,5 @@
-"""Batching: right padding to a multiple of 8, images stacked with per-sample counts."""
+"""Batching: right padding to a multiple of 8 for training, images stacked with per-sample counts;
+left padding for generation (`left_padded`), so every prompt ends where decoding starts."""
 
 from __future__ import annotations
 
@@ -33,3 +34,14 @@ class DataCollator:
             "image_num": [int(s["images"].shape[0]) for s in samples],
             "sample_ids": [s.get("id") for s in samples],  # named in errors (e.g. a non-finite loss)
         }
+
+
+def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of generation prompts, each row padded on the left."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompts):
+        input_ids[row, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, length - len(ids):] = 1
+    return input_ids, attention_mask

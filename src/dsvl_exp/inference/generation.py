@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
+from dsvl_exp.data.collate import left_padded
 from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.template import ChatTemplate, tokenize_generation_prompt
 from dsvl_exp.inference.images import ImageCache
@@ -33,16 +34,6 @@ class GenerationSettings:
     def do_sample(self) -> bool:
         # temperature 0 means argmax, as in most chat front ends
         return not self.greedy and self.temperature > 0
-
-
-def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompts):
-        input_ids[row, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, length - len(ids):] = 1
-    return input_ids, attention_mask
 
 
 @dataclass(frozen=True)

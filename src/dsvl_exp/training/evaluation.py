@@ -7,6 +7,7 @@ import string
 
 import torch
 
+from dsvl_exp.data.collate import left_padded
 from dsvl_exp.data.conversation import Conversation
 from dsvl_exp.data.template import ChatTemplate, tokenize_generation_prompt
 from dsvl_exp.training import distributed
@@ -67,24 +68,19 @@ def evaluate_answers(
         real = len(chunk)
         if not chunk:  # this rank ran out; still take part with a throw-away request
             chunk = [requests[0]]
-        prompts, images, image_num = [], [], []
+        prompts, images, images_per_sample = [], [], []
         for conv, k in chunk:
             prompts.append(tokenize_generation_prompt(tokenizer, template, conv, k))
             shown = sum(r.num_images for r in conv.rounds[: k + 1])
             pixels = pixel_values(conv)[:shown]
             images.append(pixels)
-            image_num.append(shown)
-        length = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompts):  # left padding
-            input_ids[row, length - len(ids):] = torch.tensor(ids)
-            attention_mask[row, length - len(ids):] = 1
+            images_per_sample.append(shown)
+        input_ids, attention_mask = left_padded(prompts, tokenizer.pad_token_id)
         outputs = model.generate(
             images=torch.cat(images).to(device),
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            image_num=image_num,
+            image_num=images_per_sample,
             max_new_tokens=max_new_tokens,
             synced_gpus=synced_gpus,
         )
