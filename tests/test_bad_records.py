@@ -21,7 +21,8 @@ from dsvl_exp.data.dataset import ConversationDataset
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.images import load_image
 from dsvl_exp.data.template import ChatTemplate
-from dsvl_exp.inference.cli import UsageError, jsonl_records
+from dsvl_exp.files import jsonl_records
+from dsvl_exp.inference.cli import UsageError
 from dsvl_exp.models.vision import clip_image_processor
 from helpers import REPO, run_train
 from reference_fixtures import write_image

@@ -89,7 +89,7 @@ def test_prune_keeps_the_newest_latest_and_best(tmp_path):
         (tmp_path / checkpoints.tag_for(step)).mkdir()
         (tmp_path / checkpoints.tag_for(step) / checkpoints.TRAINER_STATE).write_text("{}")
         checkpoints.write_complete_marker(tmp_path / checkpoints.tag_for(step), step)
-    checkpoints.replace_text(tmp_path / "latest", "step-00000015")
+    checkpoints.write_atomically(tmp_path / "latest", "step-00000015", fsync=True)
     checkpoints.publish_best(tmp_path, "step-00000003")
     assert checkpoints.prune(tmp_path, keep_last=2) == ["step-00000006", "step-00000009"]
     assert checkpoints.step_tags(tmp_path) == ["step-00000003", "step-00000012", "step-00000015"]

@@ -29,9 +29,9 @@ from dsvl_exp.inference.cli import (
     add_generation_arguments,
     add_model_arguments,
     resolve_device,
-    jsonl_records,
     generation_settings,
 )
+from dsvl_exp.files import jsonl_records
 
 HELP = "commands: /image PATH [PATH...]  /images  /clear  /quit   (anything else is a question)"
 

@@ -17,37 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dsvl_exp.data.errors import DataError
+from dsvl_exp.files import TOO_DEEP, json_problem, write_atomically  # noqa: F401 (TOO_DEEP: the formats' name)
 
 log = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(value, f)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-TOO_DEEP = "JSON nested too deeply to read (brackets within brackets beyond the parser's recursion limit)"
-
-
-def json_problem(error: json.JSONDecodeError | RecursionError) -> str:
-    """e.g. "malformed JSON (Unterminated string starting at column 7)": json's own messages
-    often end in "at", so the column follows the message rather than repeating the word."""
-    if isinstance(error, RecursionError):
-        return TOO_DEEP
-    return f"malformed JSON ({error.msg.removesuffix(' at')} at column {error.colno})"
+    write_atomically(path, json.dumps(value))
 
 
 def json_error(path: Path | str, error: json.JSONDecodeError, what: str) -> str:

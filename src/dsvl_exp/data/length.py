@@ -14,9 +14,8 @@ and `tokens_per_image`; the next run with the same data loads them instead of to
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from dsvl_exp.data.fingerprint import template_sha256, tokenizer_sha256
 from dsvl_exp.data.snapshot import gc_paused
 from dsvl_exp.data.sharding import all_ranks_true, map_sharded, rank_and_world
 from dsvl_exp.data.template import ChatTemplate, tokenize_round
+from dsvl_exp.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,9 @@ def load_lengths(path: Path, rounds: np.ndarray) -> RoundLengths | None:
 
 
 def save_lengths(path: Path, lengths: RoundLengths) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    with os.fdopen(handle, "wb") as f:
-        np.savez(f, lengths=lengths.flat, rounds=lengths.rounds)
-    os.replace(temporary, path)  # atomic: ranks and concurrent runs see a whole file or none
+    arrays = io.BytesIO()
+    np.savez(arrays, lengths=lengths.flat, rounds=lengths.rounds)
+    write_atomically(path, arrays.getvalue())  # ranks and concurrent runs see a whole file or none
 
 
 def all_round_lengths(conversations: Sequence[Conversation], tokenizer, template: ChatTemplate, tokens_per_image: int,

@@ -17,14 +17,13 @@ import hashlib
 import inspect
 import json
 import logging
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from dsvl_exp.data.cache import source_stamps
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.formats.registry import LoadedDataset
+from dsvl_exp.files import write_atomically
 
 log = logging.getLogger(__name__)
 VERSION = 2  # 2: JSON (1 was a pickle, never read again)
@@ -94,16 +93,7 @@ def save_snapshot(path: Path, reader, loaded: LoadedDataset) -> None:
     if loaded.redraw is not None:
         return  # its conversations depend on the rng too
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         stamps = {**source_stamps(loaded.annotation_files), **reader_stamp(reader)}
-        text = json.dumps(encode(stamps, loaded), ensure_ascii=False, separators=(",", ":"))
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        write_atomically(path, json.dumps(encode(stamps, loaded), ensure_ascii=False, separators=(",", ":")))
     except (OSError, TypeError, ValueError) as error:  # a cache is an optimisation: only costs time
         log.warning("could not write the parsed-dataset cache %s: %s", path, error)

@@ -1,11 +1,9 @@
-"""Command-line pieces shared by chat, evaluate and serve: model and generation flags, JSONL
-input files, user errors."""
+"""Command-line pieces shared by chat, evaluate and serve: model and generation flags, the
+device, user errors."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,21 +47,6 @@ def resolve_device(spec: str, local_rank: int = 0) -> str:
                          f"cuda:{torch.cuda.device_count() - 1}); rank {local_rank} cannot take cuda:{index}: start fewer ranks "
                          "or use --device cpu")
     return f"cuda:{index}"
-
-
-def jsonl_records(path: Path, error_type: type[Exception]) -> Iterator[tuple[str, object]]:
-    """(`file:line`, parsed value) for each non-blank line; a malformed line raises `error_type`
-    naming the line and column."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as error:
-            raise error_type(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
-        except RecursionError:
-            raise error_type(f"{where}: JSON nested too deeply to read (brackets within brackets); fix the line") from None
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, greedy_default: bool = False) -> None:

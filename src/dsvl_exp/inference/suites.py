@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dsvl_exp.data.errors import DataError
 from dsvl_exp.data.formats.native import strip_image_tokens
-from dsvl_exp.inference.cli import jsonl_records
+from dsvl_exp.files import jsonl_records
 
 
 @dataclass(frozen=True)

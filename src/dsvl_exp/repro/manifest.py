@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
+from dsvl_exp.files import write_atomically
 from dsvl_exp.process import peak_rss_bytes
 from dsvl_exp.repro import environment as env_info
 from dsvl_exp.repro.metrics import best_metrics, read_metrics
@@ -41,15 +42,7 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
-    path = Path(run_dir) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(manifest, indent=1, default=jsonable))
-        os.replace(temporary, path)  # a reader never sees half a file
-    finally:
-        temporary.unlink(missing_ok=True)  # a full disk leaves no stray file
-    return path
+    return write_atomically(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=1, default=jsonable))
 
 
 def update_manifest(run_dir: Path, **sections) -> dict:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from pathlib import Path
+
+from dsvl_exp.files import read_jsonl
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 LOWER_IS_BETTER = ("loss", "perplexity", "error", "step_time")
@@ -23,16 +27,14 @@ def direction_for(metric: str) -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
-            continue
-    return records
+    """The records of a run's metrics.jsonl; a line that is not JSON (a run killed mid-write
+    leaves a partial last line) is left out, counted and logged."""
+    content = read_jsonl(Path(run_dir) / METRICS)
+    if content.bad_lines:
+        log.warning("%d line(s) of %s are not JSON and were left out (a run killed mid-write leaves a "
+                    "partial last line): %s", len(content.bad_lines), Path(run_dir) / METRICS,
+                    "; ".join(content.bad_lines[:3]))
+    return content.values
 
 
 def series(records: list[dict], key: str) -> list[tuple[int, float]]:

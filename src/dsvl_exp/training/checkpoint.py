@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from dsvl_exp.errors import UserError
+from dsvl_exp.files import write_atomically
 from dsvl_exp.training import distributed
 from dsvl_exp.training.safe_loading import checkpoint_loading
 
@@ -102,19 +103,6 @@ def write_json(path: Path, payload: dict) -> None:
         os.fsync(f.fileno())
 
 
-def replace_text(path: Path, text: str) -> None:
-    """Atomically: readers see the old content or the new one, never a partial file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def file_sizes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -151,7 +139,7 @@ def save_checkpoint(engine, checkpoint_dir: Path, step: int, trainer_state: dict
             if final.exists():  # a later timeline abandoned by resume=<older checkpoint>
                 shutil.rmtree(final)
             os.replace(staging, final)
-            replace_text(checkpoint_dir / LATEST, tag)
+            write_atomically(checkpoint_dir / LATEST, tag, fsync=True)
         except OSError as error:
             write_error = error
     raise_if_any_rank_failed(write_error, checkpoint_dir, staging, tag)

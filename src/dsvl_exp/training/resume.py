@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dsvl_exp.config.meaning import ABSENT, flatten, resume_may_change, same_value, under
 from dsvl_exp.errors import UserError
+from dsvl_exp.files import write_atomically
 from dsvl_exp.training.checkpoint import (
     COMPLETE_MARKER,
     LATEST,
@@ -178,9 +179,7 @@ def truncate_metrics(path: Path, step: int) -> int:
         return 0
     lines = path.read_text().splitlines()
     kept = [line for line in lines if record_step(line) <= step]
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    temporary.replace(path)
+    write_atomically(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
 

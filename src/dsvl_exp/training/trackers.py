@@ -18,6 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from dsvl_exp.config.meaning import flatten
+from dsvl_exp.repro.metrics import read_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -27,16 +30,10 @@ def numeric_scalars(metrics: dict) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def flattened(config: dict, prefix: str = "") -> dict[str, str]:
+def flattened(config: dict) -> dict[str, str]:
     """`{"optim": {"lr": 1e-3}}` -> `{"optim.lr": "0.001"}` (MLflow params are flat strings)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flattened(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return flat
+    return {key: json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            for key, value in flatten(config).items()}
 
 
 class WandbTracker:
@@ -150,7 +147,7 @@ class CsvTracker:
         metrics = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and metrics.is_file():
             # resumed: the rows of metrics.jsonl, which the resume already cut back to the checkpoint's step
-            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            records = read_metrics(run_dir)
             self.rows = [{"step": r["step"], **numeric_scalars({k: v for k, v in r.items() if k not in ("step", "time")})}
                          for r in records]
         self.columns = list(dict.fromkeys(["step", *(key for row in self.rows for key in row)]))
