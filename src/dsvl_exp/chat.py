@@ -24,22 +24,15 @@ import sys
 from pathlib import Path
 
 from dsvl_exp.console import run_command
-from dsvl_exp.inference.cli import (
-    UsageError,
-    add_generation_arguments,
-    add_model_arguments,
-    resolve_device,
-    generation_settings,
-)
 from dsvl_exp.files import jsonl_records
+from dsvl_exp.inference.cli import UsageError, add_generation_arguments, generation_settings, model_command_parser
+from dsvl_exp.inference.cli import resolve_device
 
 HELP = "commands: /image PATH [PATH...]  /images  /clear  /quit   (anything else is a question)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dsvl_exp.chat", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    parser = model_command_parser("chat", __doc__)
     parser.add_argument("--script", metavar="FILE.jsonl", help="answer the rounds of this file, print one JSON line each")
     parser.add_argument("--max-images", type=int, default=None,
                         help="images per conversation (default: the run's data.max_images_per_sample, else 8)")

@@ -24,16 +24,14 @@ from dsvl_exp.console import run_command
 from dsvl_exp.inference.cli import (
     UsageError,
     add_generation_arguments,
-    add_model_arguments,
+    model_command_parser,
     resolve_device,
     generation_settings,
 )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dsvl_exp.evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    parser = model_command_parser("evaluate", __doc__)
     parser.add_argument("suites", metavar="SUITE", nargs="+", help="synthetic | demo | FILE.json | FILE.jsonl")
     parser.add_argument("--out", default="eval_results", help="output folder (default ./eval_results)")
     parser.add_argument("--batch-size", type=int, default=16, help="conversations answered together (default 16)")

@@ -18,26 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from threading import Thread
 
 from dsvl_exp.console import run_command
 from dsvl_exp.inference.access import AccessPolicy, UploadError, access_policy, add_access_arguments
-from dsvl_exp.inference.cli import (
-    UsageError,
-    add_generation_arguments,
-    add_model_arguments,
-    resolve_device,
-    generation_settings,
-)
+from dsvl_exp.inference.cli import UsageError, add_generation_arguments, generation_settings, model_command_parser
+from dsvl_exp.inference.cli import resolve_device
 
 TITLE = "dsvl_exp multimodal chat"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dsvl_exp.serve", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    parser = model_command_parser("serve", __doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="default 7860 (the page), 8000 (--api)")
     parser.add_argument("--max-images", type=int, default=None, help="images per conversation (default: the run's limit, else 8)")
@@ -75,10 +69,41 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+class GenerationFailed(RuntimeError):
+    """The generating thread failed; the page shows why."""
+
+
+def streamed_answer(session, question: str, files: list[str], tokenizer) -> Iterator[str]:
+    """The answer so far, each time the model adds to it, then the whole answer. Generation runs
+    in a thread (transformers' streamer is read while `generate` writes it); its failure is raised
+    here as GenerationFailed, so the page shows it instead of losing it in the thread."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_special_tokens=True)
+    result: dict = {}
+
+    def generate() -> None:
+        try:
+            result["answer"] = session.ask(question, files, streamer=streamer)
+        except BaseException as error:
+            result["error"] = error
+            streamer.end()
+
+    worker = Thread(target=generate, daemon=True)
+    worker.start()
+    partial = ""
+    for text in streamer:
+        partial += text
+        yield partial
+    worker.join()
+    if "error" in result:
+        raise GenerationFailed(result["error"])
+    yield result["answer"]
+
+
 def build_demo(loaded, settings, policy: AccessPolicy = AccessPolicy()):
     """The Gradio Blocks app around one loaded model (inference.loading.LoadedModel)."""
     import gradio as gr
-    from transformers import TextIteratorStreamer
 
     from dsvl_exp.data.conversation import Round
     from dsvl_exp.data.errors import DataError
@@ -97,33 +122,15 @@ def build_demo(loaded, settings, policy: AccessPolicy = AccessPolicy()):
             session.check_round(question, files)
         except (ChatError, DataError, UploadError) as error:
             raise gr.Error(str(error))
-        first = session.next_image_number
-        chat = list(chat or [])
-        chat += image_messages(first, files)
-        chat.append({"role": "user", "content": question})
-        chat.append({"role": "assistant", "content": ""})
+        chat = [*(chat or []), *image_messages(session.next_image_number, files), {"role": "user", "content": question},
+                {"role": "assistant", "content": ""}]
         yield gr.MultimodalTextbox(value=None, interactive=False), chat, state
-        streamer = TextIteratorStreamer(loaded.tokenizer, skip_special_tokens=True)
-        result: dict = {}
-
-        def generate() -> None:
-            try:
-                result["answer"] = session.ask(question, files, streamer=streamer)
-            except BaseException as error:  # shown in the page, not lost in a thread
-                result["error"] = error
-                streamer.end()
-
-        worker = Thread(target=generate, daemon=True)
-        worker.start()
-        partial = ""
-        for text in streamer:
-            partial += text
-            chat[-1] = {"role": "assistant", "content": partial}
-            yield gr.MultimodalTextbox(value=None, interactive=False), chat, state
-        worker.join()
-        if "error" in result:
-            raise gr.Error(f"generation failed: {result['error']}")
-        chat[-1] = {"role": "assistant", "content": result["answer"]}
+        try:
+            for answer in streamed_answer(session, question, files, loaded.tokenizer):
+                chat[-1] = {"role": "assistant", "content": answer}
+                yield gr.MultimodalTextbox(value=None, interactive=False), chat, state
+        except GenerationFailed as error:
+            raise gr.Error(f"generation failed: {error}")
         state = {"rounds": [vars(r) for r in session.rounds], "images": session.images}
         yield gr.MultimodalTextbox(value=None, interactive=True), chat, state
 

@@ -17,6 +17,15 @@ class UsageError(UserError, ValueError):
     """A wrong flag or input file named on the command line."""
 
 
+def model_command_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a command that loads a model (`python -m dsvl_exp.<module>`): the first
+    paragraph of its docstring as the description, then the model flags."""
+    parser = argparse.ArgumentParser(prog=f"python -m dsvl_exp.{module}", description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    return parser
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="export folder or run directory")
     parser.add_argument("--device", default="auto",
