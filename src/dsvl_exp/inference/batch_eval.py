@@ -32,13 +32,8 @@ def pending_conversation(conversation: EvalConversation, answers: list[str], rou
     return Conversation(id=conversation.id, images=tuple(images), rounds=tuple(rounds))
 
 
-def answer_conversations(
-    loaded: LoadedModel,
-    conversations: list[EvalConversation],
-    settings: GenerationSettings,
-    batch_size: int = 8,
-    history: str = "generated",
-) -> list[list[str]]:
+def answer_conversations(loaded: LoadedModel, conversations: list[EvalConversation], settings: GenerationSettings,
+                         batch_size: int = 8, history: str = "generated") -> list[list[str]]:
     """The answers of every round of every conversation, in order (this process only)."""
     if history not in HISTORIES:
         raise ValueError(f"history={history!r}: expected one of {HISTORIES}")
@@ -54,13 +49,8 @@ def answer_conversations(
     return answers
 
 
-def answer_sharded(
-    loaded: LoadedModel,
-    conversations: list[EvalConversation],
-    settings: GenerationSettings,
-    batch_size: int = 8,
-    history: str = "generated",
-) -> list[list[str]]:
+def answer_sharded(loaded: LoadedModel, conversations: list[EvalConversation], settings: GenerationSettings,
+                   batch_size: int = 8, history: str = "generated") -> list[list[str]]:
     """As `answer_conversations`, each rank taking every world-th conversation; all ranks get all
     answers back in the original order. Every rank holds the whole model: no collective runs
     during generation, so ranks may finish their shards at different times."""

@@ -35,6 +35,12 @@ class GenerationSettings:
         # temperature 0 means argmax, as in most chat front ends
         return not self.greedy and self.temperature > 0
 
+    def generate_kwargs(self) -> dict:
+        """These settings in the names transformers' `generate` takes."""
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty,
+                "num_beams": self.num_beams}
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -68,14 +74,8 @@ def complete_batch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         image_num=[len(conv.images) for conv in conversations],
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=settings.do_sample,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        repetition_penalty=settings.repetition_penalty,
-        num_beams=settings.num_beams,
         streamer=streamer,
+        **settings.generate_kwargs(),
     )
     per_image = model.tokens_per_image
     return [Completion(list(ids), len(prompt) + per_image * len(conv.images))

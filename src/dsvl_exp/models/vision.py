@@ -86,14 +86,9 @@ def build_clip_vision_tower(
         except OSError:
             processor = clip_image_processor(model.config.image_size)
     else:
-        config = CLIPVisionConfig(
-            image_size=image_size,
-            patch_size=patch_size,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            intermediate_size=intermediate_size,
-        )
+        config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                                  num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                                  intermediate_size=intermediate_size)
         model = CLIPVisionModel._from_config(config)  # HF init; under ZeRO-3 built partitioned
         processor = clip_image_processor(image_size)
     return CLIPVisionTower(model, processor, feature_layer)

@@ -74,17 +74,9 @@ def launch_config(nproc_per_node: int, rdzv_backend: str, rdzv_endpoint: str, ma
     """One node, `nproc_per_node` workers, rendezvous at `rdzv_endpoint`."""
     from torch.distributed.launcher.api import LaunchConfig
 
-    return LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc_per_node,
-        run_id=run_id,
-        rdzv_backend=rdzv_backend,
-        rdzv_endpoint=rdzv_endpoint,
-        max_restarts=max_restarts,
-        monitor_interval=monitor_interval,
-        start_method=start_method,
-    )
+    return LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc_per_node, run_id=run_id,
+                        rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
+                        monitor_interval=monitor_interval, start_method=start_method)
 
 
 def launch_local_ranks(cfg: DictConfig, config: dict, run_dir: Path) -> float:

@@ -12,14 +12,8 @@ from pathlib import Path
 
 from dsvl_exp.data.conversation import Conversation, Round
 from dsvl_exp.data.errors import DataError
-from dsvl_exp.data.formats.common import (
-    coco_train2017,
-    field,
-    load_annotations,
-    nonempty_answer,
-    require_file,
-    strip_image_tag,
-)
+from dsvl_exp.data.formats.common import coco_train2017, field, load_annotations, nonempty_answer, require_file
+from dsvl_exp.data.formats.common import strip_image_tag
 from dsvl_exp.data.formats.registry import LoadedDataset, register
 
 LLAVA_URL = "https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K"

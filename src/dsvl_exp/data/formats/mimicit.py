@@ -23,14 +23,8 @@ from pathlib import Path
 
 from dsvl_exp.data.cache import cached_json_with_notes
 from dsvl_exp.data.conversation import Conversation, Round
-from dsvl_exp.data.formats.common import (
-    coco_train2017,
-    field,
-    load_annotations,
-    nonempty_answer,
-    require_file,
-    strip_image_tag,
-)
+from dsvl_exp.data.formats.common import coco_train2017, field, load_annotations, nonempty_answer, require_file
+from dsvl_exp.data.formats.common import strip_image_tag
 from dsvl_exp.data.formats.registry import LoadedDataset, drawn, register
 from dsvl_exp.data.images import missing_image
 
