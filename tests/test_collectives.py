@@ -108,7 +108,7 @@ def test_data_start_up_collectives_run_under_the_gpu_machine_backend(monkeypatch
 
 
 def test_training_collectives_run_under_the_gpu_machine_backend(monkeypatch):
-    from dsvl_exp.training import checkpoint, distributed, exporting, followers, interrupt
+    from dsvl_exp.training import checkpoint, distributed, exporting, interrupt, job_relay
 
     backend = backend_started_on_a_gpu_machine(monkeypatch)
     world = SimulatedWorld(backend).install(monkeypatch)
@@ -116,7 +116,7 @@ def test_training_collectives_run_under_the_gpu_machine_backend(monkeypatch):
     assert interrupt.StopRequest().agreed() is False
     engine = type("Engine", (), {"module": torch.nn.Linear(2, 2)})()
     assert checkpoint.parameters_finite(engine)
-    followers.share_job({"a": 1}, "run")
+    job_relay.share_job({"a": 1}, "run")
     exporting.collectives.barrier()
     assert len(world.issued) == 5
 

@@ -152,7 +152,7 @@ def test_thread_count_is_decided_in_one_place():
 
 
 def test_launch_modules_do_not_import_each_other():
-    """followers and launch both use rank.train_on_rank; neither imports the other at module level."""
+    """job_relay and launch both use rank_entry.train_on_rank; neither imports the other at module level."""
     import ast
     from pathlib import Path
 
@@ -163,8 +163,8 @@ def test_launch_modules_do_not_import_each_other():
         return {node.module for node in tree.body if isinstance(node, ast.ImportFrom)} | {
             f"{node.module}.{alias.name}" for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names}
 
-    assert not {m for m in imports("followers") if "launch" in m}
-    assert "dsvl_exp.training.rank" in imports("followers") and "dsvl_exp.training.rank" in imports("launch")
+    assert not {m for m in imports("job_relay") if "launch" in m}
+    assert "dsvl_exp.training.rank_entry" in imports("job_relay") and "dsvl_exp.training.rank_entry" in imports("launch")
 
 
 def test_a_ranks_user_error_comes_back_as_one_user_error():

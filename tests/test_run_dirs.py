@@ -119,7 +119,7 @@ def test_labels_show_overrides_as_typed():
 def test_a_job_leaves_the_environment_as_it_found_it(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from dsvl_exp.repro.jobs import run_job
+    from dsvl_exp.repro.jobs import run_recorded_job
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
@@ -129,5 +129,5 @@ def test_a_job_leaves_the_environment_as_it_found_it(tmp_path, monkeypatch):
         os.environ.update({"OMP_NUM_THREADS": "2", "WANDB_SERVICE": "2-123-tcp-localhost-4567", "MASTER_PORT": "29500"})
         return 0.5
 
-    assert run_job(OmegaConf.create({"seed": 0}), tmp_path, job) == 0.5
+    assert run_recorded_job(OmegaConf.create({"seed": 0}), tmp_path, job) == 0.5
     assert dict(os.environ) == before

@@ -61,7 +61,7 @@ class TaskStarted:
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def train_task(cfg: DictConfig) -> float:
     """The Hydra task (one per multirun job): check the config, name the run, start the ranks."""
-    from dsvl_exp.repro.jobs import run_job  # manifest.json; a failed job is recorded, the next starts clean
+    from dsvl_exp.repro.jobs import run_recorded_job  # manifest.json; a failed job is recorded, the next starts clean
 
     from dsvl_exp.repro.jobs import is_rank_zero_task
     from dsvl_exp.training.run_lock import hold_run_dir
@@ -76,7 +76,8 @@ def train_task(cfg: DictConfig) -> float:
             refuse_before_writing(cfg, run_dir)
         with hold_run_dir(run_dir, enabled=is_rank_zero_task()):
             run_dirs.save_hydra_files(HydraConfig.instance().cfg, cfg, run_dir)
-            return run_job(cfg, run_dir, lambda: exit_on_user_error(lambda: checked_task(cfg, validated=single_run)))
+            return run_recorded_job(cfg, run_dir,
+                                    lambda: exit_on_user_error(lambda: validate_and_launch(cfg, validated=single_run)))
 
     return exit_on_user_error(locked_job)
 
@@ -99,7 +100,8 @@ def refuse_before_writing(cfg: DictConfig, run_dir: Path) -> None:
         raise
 
 
-def checked_task(cfg: DictConfig, validated: bool = False) -> float:
+def validate_and_launch(cfg: DictConfig, validated: bool = False) -> float:
+    """Check the config (unless the single-run checks did), name the tracker runs, start the ranks."""
     if not validated:
         validate_config(cfg)
     name_tracker_runs(cfg, HydraConfig.get())
@@ -180,13 +182,13 @@ def train_command() -> int:
         run_hydra()
         return 0
     # Ranks started by torchrun / deepspeed: only rank 0 runs Hydra and shares each job.
-    from dsvl_exp.training import followers
+    from dsvl_exp.training import job_relay
 
     if os.environ["RANK"] != "0":
-        followers.follow_rank_zero()
+        job_relay.run_jobs_from_rank_zero()
         return 0
     run_hydra()
-    followers.release_followers()
+    job_relay.announce_no_more_jobs()
     return 0
 
 

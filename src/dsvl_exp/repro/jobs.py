@@ -5,7 +5,7 @@ exception from the task, marks the job FAILED and goes on; the basic sweeper re-
 failure only after the whole batch ran, and the Optuna sweeper marks the trial FAIL (with
 `max_failure_rate` high enough to go on). What Hydra does not do is undo the task's global
 state, so a job that died mid-training would leave its process group, DeepSpeed's ZeRO-3 hooks
-into transformers and its W&B run open for the next job. `run_job` tears them down after every
+into transformers and its W&B run open for the next job. `run_recorded_job` tears them down after every
 job, success or failure, and records the failure in the job's manifest.
 """
 
@@ -55,7 +55,7 @@ def is_rank_zero_task() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
 
 
-def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
+def run_recorded_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
     rank_zero = is_rank_zero_task()
     info = hydra_info()
     # The whole environment: a job sets rendezvous variables, OMP_NUM_THREADS, W&B's service
@@ -63,7 +63,7 @@ def run_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) -> float:
     saved_env = dict(os.environ)
     # Decided before the task runs: a single-process job sets RANK / WORLD_SIZE itself.
     # Under torchrun / deepspeed the process group belongs to the launcher's ranks: the other
-    # ranks keep waiting on it for rank 0's next job (training/followers.py), so it stays.
+    # ranks keep waiting on it for rank 0's next job (training/job_relay.py), so it stays.
     launcher_owns_group = started_by_external_launcher(os.environ)
     if rank_zero:
         manifest.begin_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True), info)

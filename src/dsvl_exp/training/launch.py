@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dsvl_exp.errors import UserError
 from dsvl_exp.training import rendezvous
-from dsvl_exp.training.rank import train_on_rank
+from dsvl_exp.training.rank_entry import train_on_rank
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,12 @@ def launch_ranks(cfg: DictConfig, run_dir: Path) -> float:
     settings = cfg.launcher
     config = rank_config(cfg)
     if rendezvous.started_by_external_launcher(os.environ):
-        from dsvl_exp.training import followers
+        from dsvl_exp.training import job_relay
 
         if settings.nproc_per_node not in (1, rendezvous.local_world_size(os.environ)):
             warnings.warn(f"launcher.nproc_per_node={settings.nproc_per_node} is ignored: an external launcher "
                           f"already started {os.environ['WORLD_SIZE']} rank(s)", stacklevel=2)
-        followers.share_job(config, str(run_dir))
+        job_relay.share_job(config, str(run_dir))
         return train_on_rank(config, str(run_dir), omp_threads=settings.omp_num_threads)
     if settings.kind == "slurm":
         os.environ.update(rendezvous.slurm_rendezvous_env())

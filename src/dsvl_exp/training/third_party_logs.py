@@ -1,7 +1,7 @@
 """Library log lines that tell a user nothing they can act on, lowered to warnings.
 
 Called once per process: by the entry point before Hydra starts (sweepers import Optuna there)
-and by every rank (training/rank.py)."""
+and by every rank (training/rank_entry.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dsvl_exp import collectives
 from dsvl_exp.training import distributed
-from dsvl_exp.training.rank import train_on_rank
+from dsvl_exp.training.rank_entry import train_on_rank
 
 
 def _broadcast_from_rank_zero(job: tuple[dict, str] | None) -> tuple[dict, str] | None:
@@ -22,12 +22,12 @@ def share_job(config: dict, run_dir: str) -> None:
     _broadcast_from_rank_zero((config, run_dir))
 
 
-def release_followers() -> None:
+def announce_no_more_jobs() -> None:
     """Rank 0, once Hydra has run every job."""
     _broadcast_from_rank_zero(None)
 
 
-def follow_rank_zero() -> None:
+def run_jobs_from_rank_zero() -> None:
     """Ranks other than 0: train rank 0's jobs until it says there are no more."""
     while (job := _broadcast_from_rank_zero(None)) is not None:
         config, run_dir = job
