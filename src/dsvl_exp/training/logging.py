@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+from dsvl_exp.repro.metrics import METRICS
 from dsvl_exp.training.trackers import open_trackers
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, logger_settings: dict, config: dict, enabled: bool,
                  run_ids: dict[str, str] | None = None, resume_step: int | None = None):
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         self.trackers: dict = {}
         if not enabled:
             return

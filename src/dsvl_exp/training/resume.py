@@ -11,6 +11,7 @@ from pathlib import Path
 from dsvl_exp.config.meaning import ABSENT, flatten, resume_may_change, same_value, under
 from dsvl_exp.errors import UserError
 from dsvl_exp.files import write_atomically
+from dsvl_exp.repro.metrics import METRICS
 from dsvl_exp.training.checkpoint import (
     COMPLETE_MARKER,
     LATEST,
@@ -95,7 +96,7 @@ def check_run_dir_use(run_dir: Path, checkpoint_dir: Path, choice: str | None) -
 
 def refuse_used_run_dir(run_dir: Path, checkpoint_dir: Path) -> None:
     """resume=null is a fresh run: it must not append a second run to another's metrics."""
-    used = [p for p in (run_dir / "metrics.jsonl", checkpoint_dir) if p.exists() and (p.is_file() or any(p.iterdir()))]
+    used = [p for p in (run_dir / METRICS, checkpoint_dir) if p.exists() and (p.is_file() or any(p.iterdir()))]
     if used:
         raise ResumeError(
             f"the run directory {run_dir} already holds a run ({', '.join(str(p) for p in used)}). "

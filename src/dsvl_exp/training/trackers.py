@@ -144,8 +144,7 @@ class CsvTracker:
         self.path = Path(run_dir) / settings["filename"]
         self.run_id = run_id or self.path.name
         self.rows: list[dict] = []
-        metrics = Path(run_dir) / "metrics.jsonl"
-        if resume_step is not None and metrics.is_file():
+        if resume_step is not None:
             # resumed: the rows of metrics.jsonl, which the resume already cut back to the checkpoint's step
             records = read_metrics(run_dir)
             self.rows = [{"step": r["step"], **numeric_scalars({k: v for k, v in r.items() if k not in ("step", "time")})}
