@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dsvl_exp.config.meaning import ABSENT, flatten, resume_may_change, same_value, under
 from dsvl_exp.errors import UserError
-from dsvl_exp.files import write_atomically
+from dsvl_exp.files import read_jsonl, write_atomically
 from dsvl_exp.repro.metrics import METRICS
 from dsvl_exp.training.checkpoint import (
     COMPLETE_MARKER,
@@ -175,18 +175,11 @@ def check_config_change(saved: dict, current: dict, checkpoint: Path, allow: boo
 
 
 def truncate_metrics(path: Path, step: int) -> int:
-    """Keep the records up to `step` (the checkpoint's); returns how many were dropped."""
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if record_step(line) <= step]
-    write_atomically(path, "".join(line + "\n" for line in kept))
-    return len(lines) - len(kept)
-
-
-def record_step(line: str) -> float:
-    """A record's step; a line cut short by a kill counts as after every checkpoint."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return float("inf")
+    """Keep the records up to `step` (the checkpoint's); returns how many were dropped: the later
+    ones, and a line cut short by a kill (it counts as after every checkpoint)."""
+    content = read_jsonl(path)
+    kept = [r for r in content.values
+            if isinstance(r, dict) and isinstance(r.get("step"), (int, float)) and r["step"] <= step]
+    if content.values or content.bad_lines:
+        write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))  # as training/logging.py writes
+    return len(content.values) + len(content.bad_lines) - len(kept)
