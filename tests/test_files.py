@@ -53,3 +53,27 @@ def test_read_metrics_counts_and_logs_a_partial_last_line(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="dsvl_exp.repro.metrics"):
         assert read_metrics(tmp_path) == [{"step": 1, "train/loss": 2.5}]
     assert "1 line(s) of" in caplog.text and "metrics.jsonl:2: malformed JSON" in caplog.text
+
+
+def test_publish_folder_fills_once_and_keeps_a_finished_folder(tmp_path):
+    from dsvl_exp.files import publish_folder
+
+    calls = []
+
+    def fill(folder):
+        calls.append(folder.name)
+        (folder / "eval.jsonl").write_text("{}\n")
+
+    target = tmp_path / "synthetic" / "v1-n8"
+    assert publish_folder(target, "eval.jsonl", fill) == target
+    assert publish_folder(target, "eval.jsonl", fill) == target  # complete: not filled again
+    assert len(calls) == 1 and calls[0].startswith(".v1-n8-")
+    assert [p.name for p in target.parent.iterdir()] == ["v1-n8"]  # no staging folder left
+
+    def failing(folder):
+        (folder / "half").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        publish_folder(tmp_path / "other", "eval.jsonl", failing)
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]

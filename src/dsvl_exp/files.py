@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,27 @@ def write_atomically(path: Path | str, content: str | bytes, fsync: bool = False
     finally:
         Path(temporary).unlink(missing_ok=True)  # a failed write (a full disk) leaves no stray file
     return path
+
+
+def publish_folder(target: Path, marker: str, fill: Callable[[Path], object]) -> Path:
+    """`target`, filled once by `fill(folder)` in a temporary sibling and renamed into place, so a
+    concurrent or interrupted process never sees half of it; `target / marker` existing says it is
+    complete. A process that loses the race to another keeps the winner's folder (the same content:
+    what goes in is decided by `target`'s name)."""
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process renamed its copy first
+            if not (target / marker).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def json_problem(error: json.JSONDecodeError | RecursionError) -> str:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from dsvl_exp.files import publish_folder
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -112,20 +112,8 @@ def ensure_shapes_dataset(
     target = Path(os.path.expanduser(root)) / (
         f"{FORMAT_VERSION}-n{num_train}-e{num_eval}-px{image_size}-seed{seed}"
     )
-    if (target / "eval.jsonl").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write_shapes_dataset(staging, num_train, num_eval, image_size, seed)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "eval.jsonl").exists():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return publish_folder(target, "eval.jsonl",
+                          lambda folder: write_shapes_dataset(folder, num_train, num_eval, image_size, seed))
 
 
 def corpus_lines() -> list[str]:

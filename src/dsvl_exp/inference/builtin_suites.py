@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from dsvl_exp.data.synthetic import COLOURS, NUMBER_WORDS, SHAPES, draw_shape, ensure_shapes_dataset
+from dsvl_exp.files import publish_folder
 
 NAMES = ("synthetic", "demo")
 DEMO_VERSION = "demo-v1"
@@ -62,24 +61,12 @@ def demo_conversation(rng: random.Random, index: int, image_dir: Path, image_siz
 
 
 def ensure_demo_suite(root: Path, image_size: int = 32, seed: int = 0) -> Path:
-    target = root / DEMO_VERSION
-    suite = target / "demo.json"
-    if suite.is_file():
-        return suite
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-", dir=root))
-    try:
-        image_dir = staging / "images"
+    def fill(folder: Path) -> None:
+        image_dir = folder / "images"
         image_dir.mkdir()
         rng = random.Random(seed)
         data = {f"shapes_story{i + 1}": demo_conversation(rng, i + 1, image_dir, image_size)
                 for i in range(DEMO_CONVERSATIONS)}
-        (staging / "demo.json").write_text(json.dumps(data, indent=1) + "\n")
-        try:
-            os.replace(staging, target)
-        except OSError:  # written by another process meanwhile
-            if not suite.is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return suite
+        (folder / "demo.json").write_text(json.dumps(data, indent=1) + "\n")
+
+    return publish_folder(root / DEMO_VERSION, "demo.json", fill) / "demo.json"

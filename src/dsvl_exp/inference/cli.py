@@ -4,7 +4,6 @@ device, user errors."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsvl_exp.errors import UserError

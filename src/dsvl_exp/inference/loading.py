@@ -13,9 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import yaml
 
 from dsvl_exp.data.template import DEFAULT_SYSTEM_PROMPT, ChatTemplate
 from dsvl_exp.errors import UserError
+from dsvl_exp.files import publish_folder
 from dsvl_exp.inference.images import ImageCache
 
 log = logging.getLogger(__name__)
@@ -74,22 +73,12 @@ def export_checkpoint_cached(checkpoint: Path, trust: bool = False) -> Path:
     checkpoint = checkpoint.resolve()
     stamp = f"{checkpoint}:{checkpoint.stat().st_mtime_ns}"
     target = cache_root() / "exports" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    if (target / CONFIG_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    def fill(folder: Path) -> None:
         log.info("exporting checkpoint %s into %s", checkpoint, target)
         with stdout_to_stderr():  # DeepSpeed and zero_to_fp32 print; stdout carries answers only
-            export_checkpoint(checkpoint, staging, trust=trust)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished the same export first
-            if not (target / CONFIG_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+            export_checkpoint(checkpoint, folder, trust=trust)
+
+    return publish_folder(target, CONFIG_FILE, fill)
 
 
 def resolve_model_dir(model: str | Path, trust_checkpoint: bool = False) -> tuple[Path, Path | None]:
