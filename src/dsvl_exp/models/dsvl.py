@@ -245,12 +245,12 @@ class DSVLForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self._expanded_forward(input_ids, attention_mask, labels, pixel_values, mm_token_type_ids,
                                       position_ids, cache, use_cache, logits_to_keep)
 
-    def _reference_forward(self, images, input_ids, attention_mask, labels, image_num) -> DSVLOutput:
-        if image_num is None:
-            image_num = [int(images.shape[0])] if input_ids.shape[0] == 1 else None
-            if image_num is None:
+    def _reference_forward(self, images, input_ids, attention_mask, labels, images_per_sample) -> DSVLOutput:
+        if images_per_sample is None:
+            if input_ids.shape[0] != 1:
                 raise ValueError("image_num (images per sample) is required for a batch of more than one sample")
-        spliced = self.splice(images, input_ids, attention_mask, image_num, labels=labels)
+            images_per_sample = [int(images.shape[0])]
+        spliced = self.splice(images, input_ids, attention_mask, images_per_sample, labels=labels)
         # the decoder body, then the head only where it is needed (see DSVLOutput)
         hidden_states = self.decoder.get_decoder()(
             inputs_embeds=spliced.embeds,
