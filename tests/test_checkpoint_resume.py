@@ -128,6 +128,10 @@ def test_fresh_run_refuses_a_used_run_directory_and_resume_refuses_a_changed_con
     with pytest.raises(AssertionError, match=r"config differs .*optim\.lr: 0\.001 -> 0\.002; seed: 0 -> 1\..*allow_config_change"):
         run_train(copy, *RUN, "resume=auto", "optim.lr=0.002", "seed=1")
     assert comparable(copy) == comparable(reference_run)  # nothing touched
+    # a moved cache directory computes the same run: the resume goes on (as `diff` calls it volatile)
+    run_train(copy, *RUN, "resume=auto", f"data.cache_dir={tmp_path / 'moved-cache'}")
+    assert (tmp_path / "moved-cache").is_dir()
+    assert [m for m in comparable(copy) if "train/loss" in m] == [m for m in comparable(reference_run) if "train/loss" in m]
 
 
 def test_bad_data_fails_before_any_model_is_built(tmp_path):
