@@ -77,3 +77,20 @@ def test_publish_folder_fills_once_and_keeps_a_finished_folder(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         publish_folder(tmp_path / "other", "eval.jsonl", failing)
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]
+
+
+def test_replace_folder_swaps_in_the_new_content_and_keeps_the_old_on_failure(tmp_path):
+    from dsvl_exp.files import replace_folder
+
+    target = tmp_path / "export"
+    replace_folder(target, lambda folder: (folder.mkdir(), (folder / "a").write_text("1")))
+    replace_folder(target, lambda folder: (folder.mkdir(), (folder / "b").write_text("2")))
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+
+    def failing(folder):
+        folder.mkdir()
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_folder(target, failing)
+    assert (target / "b").read_text() == "2"

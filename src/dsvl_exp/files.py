@@ -57,6 +57,18 @@ def publish_folder(target: Path, marker: str, fill: Callable[[Path], object]) ->
     return target
 
 
+def replace_folder(target: Path, fill: Callable[[Path], object]) -> Path:
+    """`target` rebuilt by `fill(folder)` in a sibling folder, then swapped in: a crash while filling
+    leaves the old `target` whole. For one writer (rank 0); `publish_folder` is for racing ones."""
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    fill(partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+    return target
+
+
 def json_problem(error: json.JSONDecodeError | RecursionError) -> str:
     """e.g. "malformed JSON (Unterminated string starting at column 7)": json's own messages
     often end in "at", so the column follows the message rather than repeating the word."""

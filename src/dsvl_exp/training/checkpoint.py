@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from dsvl_exp.errors import UserError
-from dsvl_exp.files import write_atomically
+from dsvl_exp.files import replace_folder, write_atomically
 from dsvl_exp.training import distributed
 from dsvl_exp.training.safe_loading import checkpoint_loading
 
@@ -172,12 +172,7 @@ def raise_if_any_rank_failed(error: OSError | None, checkpoint_dir: Path, stagin
 
 def copy_folder(source: Path, target: Path) -> None:
     """`target` becomes a copy of `source`, renamed into place (never half-written)."""
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial, target)
+    replace_folder(target, lambda folder: shutil.copytree(source, folder))
 
 
 def publish_best(checkpoint_dir: Path, tag: str) -> None:

@@ -8,7 +8,6 @@ export under the final name."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from dsvl_exp import collectives
 from dsvl_exp.errors import UserError
+from dsvl_exp.files import replace_folder
 from dsvl_exp.models.pretrained import save_pretrained
 from dsvl_exp.training.checkpoint import CONFIG as CHECKPOINT_CONFIG
 from dsvl_exp.training.checkpoint import LATEST, TRAINER_STATE
@@ -69,13 +69,8 @@ def export_from_engine(engine, tokenizer, out_dir: str | Path, *, keep_adapters:
     started = time.perf_counter()
     state = gathered_state_dict(engine.module)
     if _is_rank_zero():
-        partial = out.with_name(f".{out.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        save_pretrained(engine.module, partial, state_dict=state, tokenizer=tokenizer, keep_adapters=keep_adapters,
-                        training_summary=training_summary)
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
+        replace_folder(out, lambda folder: save_pretrained(engine.module, folder, state_dict=state, tokenizer=tokenizer,
+                                                           keep_adapters=keep_adapters, training_summary=training_summary))
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         log.info("exported the model to %s (%.1f MB, %.1f s)", out, size / 1e6, time.perf_counter() - started)
     collectives.barrier()
@@ -145,11 +140,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_ada
         state = json.loads((folder / TRAINER_STATE).read_text())
         summary = card_summary(state["step"], state.get("last_train") or {}, state.get("last_eval") or {})
     out = Path(out_dir)
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_pretrained(model, partial, tokenizer=tokenizer, keep_adapters=keep_adapters, training_summary=summary)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    replace_folder(out, lambda folder: save_pretrained(model, folder, tokenizer=tokenizer, keep_adapters=keep_adapters,
+                                                       training_summary=summary))
     log.info("exported %s to %s (%.1f s)", folder, out, time.perf_counter() - started)
     return out
