@@ -20,6 +20,10 @@ import yaml
 
 log = logging.getLogger(__name__)
 
+# a run's ending (repro/run_end.py) as each tracker marks it
+FAILED = ("failed", "interrupted")
+MLFLOW_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+
 
 def numeric_scalars(metrics: dict) -> dict[str, float]:
     """The values a scalar tracker can plot (TensorBoard and MLflow take numbers only)."""
@@ -63,9 +67,10 @@ class WandbTracker:
         if self.run is not None:
             self.run.summary.update(metrics)
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=1 if status in FAILED else 0)
+            self.run = None
 
 
 class TensorBoardTracker:
@@ -91,7 +96,7 @@ class TensorBoardTracker:
     def summary(self, metrics: dict) -> None:
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         self.writer.close()
 
 
@@ -133,8 +138,8 @@ class MlflowTracker:
     def summary(self, metrics: dict) -> None:
         pass  # the last value of each metric is MLflow's summary
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = "completed") -> None:
+        self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FINISHED"))
 
 
 class CsvTracker:
@@ -175,7 +180,7 @@ class CsvTracker:
     def summary(self, metrics: dict) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         pass
 
 
