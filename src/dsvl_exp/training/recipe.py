@@ -4,10 +4,11 @@
 
 `setup` runs, in order: the run directory (fresh or resumed), the data, the model, the loaders,
 the engine, the trackers; each part is kept on the object, so `train` reads short. The recipe's
-methods are the only code that reads the config (`model_setup.py` is its model half): the module
-functions below and the training loop take flat values. `cleanup` runs whatever ended the run
-(`finally`): trackers closed, the ending (completed / stopped / failed, with its reason) in the
-manifest, the process group torn down (repro/run_end.py).
+methods read the config, and so do the helpers that each read one group of it: `model_setup.py`
+(the model groups), `data_setup.setup_data` (data) and `setup_engine` (optim). Every other
+function, the loaders and the training loop take flat values. `cleanup` runs whatever ended the
+run (`finally`): trackers closed, the ending (completed / stopped / failed, with its reason) in
+the manifest, the process group torn down (repro/run_end.py).
 
 Data is read and checked before any model is built, so a missing image or a malformed record
 fails in seconds, not after minutes of loading 7B weights. (Fitting samples to max_seq_len and
