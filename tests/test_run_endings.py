@@ -16,8 +16,6 @@ import pytest
 
 from helpers import REPO
 
-pytestmark = pytest.mark.slow
-
 RUN = ("experiment=smoke", "train.log_every_n_steps=1", "eval.every_n_steps=null", "eval.generation=false",
        "eval.monitor=eval/loss", "logger=mlflow")
 
@@ -67,6 +65,7 @@ def ended(run_dir: Path, monkeypatch) -> tuple[dict, str]:
     return manifest, run.info.status
 
 
+@pytest.mark.slow
 def test_a_completed_run(tmp_path, monkeypatch):
     process, run_dir = start(tmp_path, "train.max_steps=2")
     output, _ = process.communicate(timeout=600)
@@ -78,6 +77,7 @@ def test_a_completed_run(tmp_path, monkeypatch):
     assert "process group initialized after the run: False" in output
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_sigterm(tmp_path, monkeypatch):
     process, run_dir = start(tmp_path, "train.max_steps=200")
     metrics = run_dir / "metrics.jsonl"
@@ -99,6 +99,7 @@ def test_a_run_stopped_by_sigterm(tmp_path, monkeypatch):
     assert "process group initialized after the run: False" in output
 
 
+@pytest.mark.slow
 def test_a_run_failed_by_an_exception(tmp_path, monkeypatch):
     process, run_dir = start(tmp_path, "train.max_steps=4", fail_at_step=2)
     output, _ = process.communicate(timeout=600)
@@ -111,3 +112,24 @@ def test_a_run_failed_by_an_exception(tmp_path, monkeypatch):
     assert manifest["outcome"]["final"]["step"] == 2  # a failed run's outcome: its last logged values
     assert tracker_status == "FAILED"
     assert "process group initialized after the run: False" in output
+
+
+def test_each_part_of_the_ending_runs_when_the_one_before_it_raised(tmp_path):
+    from dsvl_exp.repro import manifest
+    from dsvl_exp.repro.run_end import RunEnding, end_run
+
+    class BrokenTrackers:
+        def close(self, status):
+            self.status = status
+            raise OSError("tracker server gone")
+
+    manifest.write_manifest(tmp_path, {"status": "running"})
+    trackers = BrokenTrackers()
+    ending = RunEnding.of_error(ValueError("bad batch\nmore lines"))
+    with pytest.raises(OSError, match="tracker server gone"):
+        end_run(tmp_path, ending, record=True, trackers=trackers, monitor="eval/loss", keep_process_group=True)
+    recorded = manifest.read_manifest(tmp_path)
+    assert trackers.status == "failed"
+    assert (recorded["status"], recorded["reason"], recorded["error"]) == ("failed", "ValueError: bad batch",
+                                                                          "ValueError: bad batch")
+    assert RunEnding.of_error(KeyboardInterrupt()).status == "interrupted"
