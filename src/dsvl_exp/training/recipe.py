@@ -49,7 +49,7 @@ from dsvl_exp.training.engine import (
     resolve_grad_accum,
     warmup_steps_for,
 )
-from dsvl_exp.training.data_setup import setup_data, setup_loaders
+from dsvl_exp.training.data_setup import LoaderSettings, setup_data, setup_loaders
 from dsvl_exp.training.evaluation import evaluate_answers, evaluate_loss
 from dsvl_exp.training.footprint import write_rank_footprint
 from dsvl_exp.training.interrupt import StopRequest
@@ -224,12 +224,15 @@ class Recipe:
     def setup_loaders(self, data) -> None:
         cfg = self.cfg
         self.template = ChatTemplate(system_prompt=cfg.data.system_prompt)
-        self.train_loader, self.eval_loader, self.data_stats = setup_loaders(
-            data, self.tokenizer, self.template, self.model.tokens_per_image, self.model.vision.image_processor,
-            cfg.data.max_seq_len, cfg.train.micro_batch_size, cfg.eval.batch_size, cfg.data.group_by_length,
-            cfg.model.pad_to_multiple_of, cfg.data.num_workers, cfg.seed, cfg.data.cache_dir, cfg.data.redraw_each_epoch,
+        settings = LoaderSettings(
+            max_seq_len=cfg.data.max_seq_len, micro_batch_size=cfg.train.micro_batch_size,
+            eval_batch_size=cfg.eval.batch_size, group_by_length=cfg.data.group_by_length,
+            pad_to_multiple_of=cfg.model.pad_to_multiple_of, num_workers=cfg.data.num_workers, seed=cfg.seed,
+            cache_dir=cfg.data.cache_dir, redraw_each_epoch=cfg.data.redraw_each_epoch,
             pin_memory=self.device.type == "cuda",  # page-locked batches: the copy to the GPU runs asynchronously
         )
+        self.train_loader, self.eval_loader, self.data_stats = setup_loaders(
+            data, self.tokenizer, self.template, self.model.tokens_per_image, self.model.vision.image_processor, settings)
         train_conversations, eval_conversations = self.train_loader.dataset.conversations, self.eval_loader.dataset.conversations
         self.eval_conversations = eval_conversations[: cfg.eval.max_conversations]
         self.fingerprint = data_fingerprint(data.annotation_files, train_conversations, eval_conversations, self.template,
