@@ -31,14 +31,9 @@ def setup_data(data_cfg: DictConfig, seed: int):
         synthetic=OmegaConf.to_container(data_cfg.synthetic, resolve=True) if data_cfg.synthetic else None,
         train=OmegaConf.to_container(data_cfg.train, resolve=True),
         eval=OmegaConf.to_container(data_cfg.eval, resolve=True),
-        data_path=data_cfg.data_path,
-        eval_split=data_cfg.eval_split,
-        max_images_per_sample=data_cfg.max_images_per_sample,
-        on_missing_image=data_cfg.on_missing_image,
-        on_bad_record=data_cfg.on_bad_record,
-        verify_images=data_cfg.verify_images,
-        seed=seed,
-        cache_dir=data_cfg.cache_dir,
+        data_path=data_cfg.data_path, eval_split=data_cfg.eval_split, seed=seed, cache_dir=data_cfg.cache_dir,
+        max_images_per_sample=data_cfg.max_images_per_sample, verify_images=data_cfg.verify_images,
+        on_missing_image=data_cfg.on_missing_image, on_bad_record=data_cfg.on_bad_record,
     )
 
 
