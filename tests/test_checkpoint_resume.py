@@ -103,7 +103,7 @@ def test_checkpoint_layout_best_and_keep_last(reference_run):
     assert not list(checkpoints.glob(".staging-*"))
     state = json.loads((checkpoints / "best" / "trainer_state.json").read_text())
     assert state["step"] == best_step and state["best_value"] == evals[best_step] and state["monitor"] == "eval/accuracy"
-    assert {"epoch", "position", "data_sha256", "wandb_run_id"} <= state.keys()
+    assert {"epoch", "batches_into_epoch", "data_sha256", "wandb_run_id"} <= state.keys()
     assert (checkpoints / "best" / "config.yaml").read_text().count("group_by_length: true") == 1
     rng = json.loads((checkpoints / "best" / "rank_state_0.json").read_text())["rng"]
     assert set(rng) >= {"python", "numpy", "torch"}

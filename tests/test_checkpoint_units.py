@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dsvl_exp.config.overrides import resume_shorthand
 from dsvl_exp.config.choices import NonFiniteAction
+from dsvl_exp.metric_direction import direction_for
 from dsvl_exp.training import checkpoint as checkpoints
 from dsvl_exp.training.interrupt import StopRequest
-from dsvl_exp.training.loop import BatchStream, LoopState, NonFiniteLossError, ResumableSampler, monitor_mode, train_loop
+from dsvl_exp.training.loop import (BatchStream, LoopSettings, LoopState, NonFiniteLossError, ResumableSampler,
+                                   TrainingLoop)
 from dsvl_exp.training.resume import config_differences, refuse_used_run_dir, truncate_metrics
 from helpers import REPO
 
@@ -108,8 +110,21 @@ def test_rng_state_round_trips_through_json():
 
 
 def test_monitor_direction_from_the_metric_name():
-    assert [monitor_mode(m) for m in ("eval/loss", "train/loss", "eval/accuracy", "eval/contains_accuracy")] == \
-        ["min", "min", "max", "max"]
+    # one decision for the loop's `best`, the sweep report and the Optuna sweeper (dsvl_exp.metric_direction)
+    from dsvl_exp.repro.metrics import direction_for as report_direction_for
+
+    assert report_direction_for is direction_for
+    assert [direction_for(m) for m in ("eval/loss", "train/loss", "eval/accuracy", "eval/contains_accuracy")] == \
+        ["minimize", "minimize", "maximize", "maximize"]
+    state = LoopState(best_value=0.5)
+    assert [state.is_better(v, "minimize") for v in (0.4, 0.5, 0.6, math.nan, None)] == [True, False, False, False, False]
+    assert [state.is_better(v, "maximize") for v in (0.4, 0.6)] == [False, True]
+
+
+def test_loop_state_of_a_checkpoint_saved_before_the_renames():
+    saved = {"step": 3, "epoch": 1, "position": 2, "window": {"loss": 1.5}, "skipped_nonfinite": 0}
+    state = LoopState.from_dict(saved)
+    assert (state.step, state.epoch, state.batches_into_epoch, state.unlogged_window) == (3, 1, 2, {"loss": 1.5})
 
 
 def loader_over(n: int, batch_size: int, seed: int = 0) -> DataLoader:
@@ -126,15 +141,15 @@ def test_batch_stream_resumed_mid_epoch_continues_the_same_order():
             self.epochs.append(epoch)
 
     whole = BatchStream(loader_over(10, 3))
-    reference = [whole.next().tolist() for _ in range(8)]  # 3 batches per epoch (drop_last)
+    reference = [whole.next_batch().tolist() for _ in range(8)]  # 3 batches per epoch (drop_last)
     first = BatchStream(loader_over(10, 3))
-    taken = [first.next().tolist() for _ in range(4)]
-    assert (first.epoch, first.position, first.epochs_done()) == (1, 1, 1)
-    resumed = BatchStream(loader_over(10, 3), epoch=first.epoch, position=first.position)
-    assert taken + [resumed.next().tolist() for _ in range(4)] == reference
+    taken = [first.next_batch().tolist() for _ in range(4)]
+    assert (first.epoch, first.batches_into_epoch, first.epochs_done()) == (1, 1, 1)
+    resumed = BatchStream(loader_over(10, 3), epoch=first.epoch, batches_into_epoch=first.batches_into_epoch)
+    assert taken + [resumed.next_batch().tolist() for _ in range(4)] == reference
     dataset = EpochDataset(range(10))
     stream = BatchStream(DataLoader(dataset, batch_size=5, sampler=ResumableSampler(range(10), 5)), epoch=2)
-    stream.next(), stream.next(), stream.next()
+    stream.next_batch(), stream.next_batch(), stream.next_batch()
     assert dataset.epochs == [2, 3]  # the dataset's own per-epoch draw follows the stream
 
 
@@ -182,11 +197,13 @@ def run_fake_loop(engine, on_nonfinite, max_steps=4, every_n_epochs=None, saves=
     loader = DataLoader(data, batch_size=1, sampler=ResumableSampler(list(range(8)), 1), collate_fn=collate)
     logger, evals = FakeLogger(), []
     scheduler = type("Schedule", (), {"get_last_lr": lambda self: [0.1]})()
-    train_loop(engine, scheduler, BatchStream(loader), LoopState(), "cpu", logger, lambda step: evals.append(step) or {"eval/loss": 1.0},
-               lambda step, best: (saves if saves is not None else []).append((step, best)), StopRequest(),
-               max_steps=max_steps, grad_accum=2, tokens_per_image=1, log_every_n_steps=1, eval_every_n_steps=None,
-               eval_every_n_epochs=every_n_epochs, checkpoint_every_n_steps=None, monitor="eval/loss",
-               on_nonfinite=on_nonfinite, show_progress=False)
+    settings = LoopSettings(max_steps=max_steps, grad_accum=2, tokens_per_image=1, log_every_n_steps=1,
+                            eval_every_n_steps=None, eval_every_n_epochs=every_n_epochs, checkpoint_every_n_steps=None,
+                            monitor="eval/loss", on_nonfinite=on_nonfinite)
+    TrainingLoop(engine, scheduler, BatchStream(loader), LoopState(), logger,
+                 lambda step: evals.append(step) or {"eval/loss": 1.0},
+                 lambda step, best: (saves if saves is not None else []).append((step, best)), StopRequest(),
+                 settings).run()
     return logger.records, evals
 
 

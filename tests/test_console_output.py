@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from dsvl_exp.config.choices import NonFiniteAction
 from dsvl_exp.training.interrupt import StopRequest
 from dsvl_exp.training.logging import duration, progress_line
-from dsvl_exp.training.loop import BatchStream, LoopState, ResumableSampler, train_loop
+from dsvl_exp.training.loop import BatchStream, LoopSettings, LoopState, ResumableSampler, TrainingLoop
 from test_host_syncs import Logger, TinyEngine, collate
 
 
@@ -29,11 +29,11 @@ def test_log_lines_go_through_the_progress_bar_while_the_loop_runs():
     try:
         loader = DataLoader(list(range(8)), batch_size=2, sampler=ResumableSampler(list(range(8)), 2), collate_fn=collate)
         scheduler = type("Schedule", (), {"get_last_lr": lambda self: [0.1]})()
-        train_loop(TinyEngine(), scheduler, BatchStream(loader), LoopState(), "cpu", HandlerRecordingLogger(),
-                   lambda step: {}, lambda step, best: None, StopRequest(), max_steps=2, grad_accum=1,
-                   tokens_per_image=1, log_every_n_steps=1, eval_every_n_steps=None, eval_every_n_epochs=None,
-                   checkpoint_every_n_steps=None, monitor="eval/loss", on_nonfinite=NonFiniteAction.stop,
-                   show_progress=True)
+        settings = LoopSettings(max_steps=2, grad_accum=1, tokens_per_image=1, log_every_n_steps=1,
+                                eval_every_n_steps=None, eval_every_n_epochs=None, checkpoint_every_n_steps=None,
+                                monitor="eval/loss", on_nonfinite=NonFiniteAction.stop, show_progress=True)
+        TrainingLoop(TinyEngine(), scheduler, BatchStream(loader), LoopState(), HandlerRecordingLogger(),
+                     lambda step: {}, lambda step, best: None, StopRequest(), settings).run()
         after = list(root.handlers)
     finally:
         root.removeHandler(console)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from dsvl_exp.config.choices import NonFiniteAction
 from dsvl_exp.training.interrupt import StopRequest
-from dsvl_exp.training.loop import BatchStream, LoopState, ResumableSampler, train_loop
+from dsvl_exp.training.loop import BatchStream, LoopSettings, LoopState, ResumableSampler, TrainingLoop
 
 SYNCING = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
 
@@ -66,21 +66,22 @@ def count_syncs(monkeypatch, grad_accum: int, max_steps: int, log_every_n_steps:
                 on_nonfinite=NonFiniteAction.stop, device: str = "cpu") -> tuple[int, list]:
     loader = DataLoader(list(range(16)), batch_size=2, sampler=ResumableSampler(list(range(16)), 2), collate_fn=collate)
     stream, logger = BatchStream(loader), Logger()
-    stream.next = counting_pauses(stream.next)  # the loader's own tensor building is not the loop's
+    stream.next_batch = counting_pauses(stream.next_batch)  # the loader's own tensor building is not the loop's
     scheduler = type("Schedule", (), {"get_last_lr": lambda self: [0.1]})()
     reads = []
     for name in SYNCING:
         original = getattr(torch.Tensor, name)
 
         def wrapped(self, *args, _original=original, _name=name, **kwargs):
-            if not stream.next.inside:
+            if not stream.next_batch.inside:
                 reads.append(_name)
             return _original(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
-    train_loop(TinyEngine(), scheduler, stream, LoopState(), device, logger, lambda step: {}, lambda step, best: None,
-               StopRequest(), max_steps=max_steps, grad_accum=grad_accum, tokens_per_image=1,
-               log_every_n_steps=log_every_n_steps, eval_every_n_steps=None, eval_every_n_epochs=None,
-               checkpoint_every_n_steps=None, monitor="eval/loss", on_nonfinite=on_nonfinite, show_progress=False)
+    settings = LoopSettings(max_steps=max_steps, grad_accum=grad_accum, tokens_per_image=1,
+                            log_every_n_steps=log_every_n_steps, eval_every_n_steps=None, eval_every_n_epochs=None,
+                            checkpoint_every_n_steps=None, monitor="eval/loss", on_nonfinite=on_nonfinite)
+    TrainingLoop(TinyEngine(), scheduler, stream, LoopState(), logger, lambda step: {}, lambda step, best: None,
+                 StopRequest(), settings, device).run()
     monkeypatch.undo()
     return len(reads), [r for r in logger.records if "train/loss" in r]
 

@@ -45,7 +45,7 @@ def data_profile(cfg: DictConfig, tokenizer, tokens_per_image: int) -> DataProfi
     from dsvl_exp.config.validation import check_dataset_paths
     from dsvl_exp.data.length import fit_to_max_seq_len, lengths_cache_path
     from dsvl_exp.data.template import ChatTemplate
-    from dsvl_exp.training.recipe import setup_data
+    from dsvl_exp.training.data_setup import setup_data
 
     check_dataset_paths(cfg)
     data = setup_data(cfg.data, cfg.seed)

@@ -5,8 +5,9 @@ exception from the task, marks the job FAILED and goes on; the basic sweeper re-
 failure only after the whole batch ran, and the Optuna sweeper marks the trial FAIL (with
 `max_failure_rate` high enough to go on). What Hydra does not do is undo the task's global
 state, so a job that died mid-training would leave its process group, DeepSpeed's ZeRO-3 hooks
-into transformers and its W&B run open for the next job. `run_recorded_job` tears them down after every
-job, success or failure, and records the failure in the job's manifest.
+into transformers and its W&B run open for the next job. The recipe's cleanup ends its own run
+(repro/run_end.py); `run_recorded_job` ends, through the same `end_run`, what failed outside it (a bad
+config, a rank that died) and restores the process for the next job, success or failure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dsvl_exp.repro import manifest
 from dsvl_exp.process import started_by_external_launcher
+from dsvl_exp.repro.run_end import RunEnding, end_run
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,14 @@ def run_recorded_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) 
     launcher_owns_group = started_by_external_launcher(os.environ)
     if rank_zero:
         manifest.begin_manifest(run_dir, OmegaConf.to_container(cfg, resolve=True), info)
+    ending = None  # a task that returned: the recipe recorded its own ending
     try:
         return task()
     except BaseException as error:
+        ending = RunEnding.of_error(error)
         if rank_zero:
-            manifest.record_failure(run_dir, error)
             # A user error (SystemExit) has printed its message already: say where it is recorded only.
-            what = "" if isinstance(error, SystemExit) else f" ({manifest.error_line(error)})"
+            what = "" if isinstance(error, SystemExit) else f" ({ending.reason})"
             log.error("job failed%s; recorded in %s", what, Path(run_dir) / manifest.MANIFEST)
         # The exception is kept by Hydra until the sweep ends: drop the frames' locals (model,
         # engine, batches) so a failed job's memory is freed now; the traceback stays printable.
@@ -82,28 +85,15 @@ def run_recorded_job(cfg: DictConfig, run_dir: Path, task: Callable[[], float]) 
             raise JobFailed(f"job exited with status {error.code}") from error
         raise
     finally:
-        tear_down(saved_env, keep_process_group=launcher_owns_group)
+        try:
+            end_run(run_dir, ending, record=rank_zero, monitor=OmegaConf.select(cfg, "eval.monitor"),
+                    keep_process_group=launcher_owns_group)
+        finally:
+            restore_process(saved_env)
 
 
-def tear_down(saved_env: dict[str, str], keep_process_group: bool = False) -> None:
-    """Leave the process as the next job expects to find it."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
-    if "torch" in sys.modules:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and not keep_process_group:
-            if "deepspeed.comm" in sys.modules:
-                import deepspeed.comm
-
-                # also drops DeepSpeed's cached world/data-parallel groups; after a plain torch
-                # destroy the next engine failed with "Group ... is not registered"
-                deepspeed.comm.destroy_process_group()
-            else:
-                dist.destroy_process_group()
+def restore_process(saved_env: dict[str, str]) -> None:
+    """Leave the process as the next job expects to find it (the process group is `end_run`'s)."""
     if "transformers.integrations.deepspeed" in sys.modules:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 

@@ -4,8 +4,7 @@ Written by rank 0 in three steps, each merged into the same file (written atomic
 
     begin_manifest(run_dir, config, hydra_info)       # the Hydra task, before any rank starts
     record_setup(run_dir, ...)                        # the recipe, once the engine exists
-    record_end(run_dir, summary, monitor)             # the recipe, after the final eval
-    record_failure(run_dir, error)                    # the Hydra task, when the job raised
+    record_end(run_dir, summary, monitor, status, reason)  # repro/run_end.py, however the run ended
 
 Sections: status, command, hydra (overrides, group choices), config (resolved), code, environment,
 hardware, seeds, derived (world size, batch sizes, the DeepSpeed JSON after its defaults,
@@ -174,18 +173,22 @@ def outcome_from_metrics(run_dir: Path, monitor: str | None, summary: dict | Non
     }
 
 
-def _finish(run_dir: Path, status: str, error: str | None, outcome: dict) -> dict:
+def _finish(run_dir: Path, status: str, reason: str | None, outcome: dict, error: str | None = None) -> dict:
     manifest = read_manifest(run_dir)
     started = manifest.get("started_at_unix")
     outcome["wall_time_s"] = round(time.time() - started, 3) if started else None
     outcome["exit_status"] = status
-    return update_manifest(run_dir, status=status, error=error, finished_at=now_iso(), outcome=outcome)
+    return update_manifest(run_dir, status=status, reason=reason, error=error, finished_at=now_iso(), outcome=outcome)
 
 
-def record_end(run_dir: Path, summary: dict, monitor: str, status: str = "completed") -> dict:
-    """Final and best metrics, wall time, speed, peak memory; status completed, or stopped when a
-    signal ended the run early at a checkpoint (rank 0)."""
-    return _finish(run_dir, status, None, outcome_from_metrics(run_dir, monitor, summary))
+def record_end(run_dir: Path, summary: dict, monitor: str | None, status: str = "completed",
+               reason: str | None = None) -> dict:
+    """Final and best metrics, wall time, speed, peak memory; the status (completed, stopped when a
+    signal ended the run early at a checkpoint, failed / interrupted) and its reason (rank 0).
+    A failure's reason is also its `error`."""
+    failed = status in ("failed", "interrupted")
+    return _finish(run_dir, status, reason, outcome_from_metrics(run_dir, monitor, summary),
+                   error=reason if failed else None)
 
 
 def error_line(error: BaseException) -> str:
@@ -199,11 +202,3 @@ def error_line(error: BaseException) -> str:
             return f"rank {rank}: {message.strip().splitlines()[0]}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
-
-
-def record_failure(run_dir: Path, error: BaseException, config: dict | None = None) -> dict:
-    if not read_manifest(run_dir):
-        begin_manifest(run_dir, config or {})
-    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-    monitor = ((read_manifest(run_dir).get("config") or {}).get("eval") or {}).get("monitor")
-    return _finish(run_dir, status, error_line(error), outcome_from_metrics(run_dir, monitor))

@@ -1,4 +1,5 @@
-"""Reading a run's metrics.jsonl and deciding which way a metric improves."""
+"""Reading a run's metrics.jsonl and its best values (which way a metric improves is
+`dsvl_exp.metric_direction`'s decision, re-exported here)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,13 @@ import math
 from pathlib import Path
 
 from dsvl_exp.files import read_jsonl
+from dsvl_exp.metric_direction import direction_for
 
 log = logging.getLogger(__name__)
 
+__all__ = ["METRICS", "best_metrics", "direction_for", "read_metrics", "series"]
+
 METRICS = "metrics.jsonl"
-LOWER_IS_BETTER = ("loss", "perplexity", "error", "step_time")
-HIGHER_IS_BETTER = ("accuracy", "tokens_per_s", "samples_per_s", "score", "bleu", "f1")
-
-
-def direction_for(metric: str) -> str:
-    """`minimize` for losses, `maximize` for accuracies; a clear error for anything else."""
-    name = metric.rsplit("/", 1)[-1].lower()
-    if any(word in name for word in LOWER_IS_BETTER):
-        return "minimize"
-    if any(word in name for word in HIGHER_IS_BETTER):
-        return "maximize"
-    raise ValueError(f"cannot tell whether {metric!r} should be minimised or maximised; name a loss "
-                     "(minimised) or an accuracy (maximised) in eval.monitor, or set hydra.sweeper.direction")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -97,9 +97,11 @@ class MetricsLogger:
         for tracker in self.trackers.values():
             tracker.summary(metrics)
 
-    def close(self) -> None:
-        if not self.enabled:
+    def close(self, status: str = "completed") -> None:
+        """Closes metrics.jsonl and every tracker, which marks the run with `status` (the run's
+        ending: completed, stopped, failed, interrupted). A second call does nothing."""
+        if not self.enabled or self._file.closed:
             return
         self._file.close()
         for tracker in self.trackers.values():
-            tracker.close()
+            tracker.close(status)

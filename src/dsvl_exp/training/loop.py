@@ -8,6 +8,9 @@ backward, because it must decide whether to run it.
 Everything a resumed run needs to continue as if it had never stopped lives in `LoopState`
 (saved with every checkpoint): the step, where the data stream is inside its epoch, the partly
 filled logging window and the best monitored value so far.
+
+`TrainingLoop.run` is the loop; `optimizer_step`, `micro_batch`, `log_window` and
+`evaluate_and_save` are its parts, in the order they run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dsvl_exp import collectives
 from dsvl_exp.config.choices import NonFiniteAction
 from dsvl_exp.errors import UserError
+from dsvl_exp.metric_direction import direction_for, improves_on
 from dsvl_exp.training import distributed
 from dsvl_exp.training.evaluation import model_inputs, move_to
 from dsvl_exp.training.interrupt import StopRequest
@@ -61,16 +65,16 @@ class ResumableSampler(Sampler[int]):
 
 
 class BatchStream:
-    """Micro-batches across epochs. `epoch` and `position` (micro-batches of that epoch already
-    taken) say where it is; a stream built with the same two values continues identically,
+    """Micro-batches across epochs. `epoch` and `batches_into_epoch` (micro-batches of that epoch
+    already taken) say where it is; a stream built with the same two values continues identically,
     because every epoch's order is a pure function of (seed, epoch)."""
 
-    def __init__(self, loader, epoch: int = 0, position: int = 0):
+    def __init__(self, loader, epoch: int = 0, batches_into_epoch: int = 0):
         self.loader = loader
         self.sampler: ResumableSampler = loader.sampler
         self.batches_per_epoch = len(loader)
         self.epoch = epoch
-        self.position = position
+        self.batches_into_epoch = batches_into_epoch
         self.iterator = None
 
     def start_epoch(self) -> None:
@@ -78,34 +82,33 @@ class BatchStream:
         dataset = self.loader.dataset
         if hasattr(dataset, "set_epoch"):  # per-epoch re-draws of the data itself
             dataset.set_epoch(self.epoch)
-        self.sampler.skip_batches = self.position
+        self.sampler.skip_batches = self.batches_into_epoch
         self.iterator = iter(self.loader)
 
-    def next(self) -> dict:
+    def next_batch(self) -> dict:
         while True:
             if self.iterator is None:
                 self.start_epoch()
             batch = next(self.iterator, None)
             if batch is not None:
-                self.position += 1
+                self.batches_into_epoch += 1
                 return batch
-            self.iterator, self.epoch, self.position = None, self.epoch + 1, 0
+            self.iterator, self.epoch, self.batches_into_epoch = None, self.epoch + 1, 0
 
     def epochs_done(self) -> int:
-        return self.epoch + (self.position >= self.batches_per_epoch)
+        return self.epoch + (self.batches_into_epoch >= self.batches_per_epoch)
 
 
-def monitor_mode(metric: str) -> str:
-    """Accuracies are maximised, everything else (losses) minimised."""
-    return "max" if "acc" in metric.rsplit("/", 1)[-1] else "min"
+# checkpoints written before the fields got the names that say what they hold
+RENAMED_STATE_FIELDS = {"position": "batches_into_epoch", "window": "unlogged_window"}
 
 
 @dataclass
 class LoopState:
     step: int = 0
     epoch: int = 0
-    position: int = 0  # micro-batches of `epoch` already taken (this rank)
-    window: dict = field(default_factory=dict)  # the logging window not yet written
+    batches_into_epoch: int = 0  # micro-batches of `epoch` already taken (this rank)
+    unlogged_window: dict = field(default_factory=dict)  # sums of the logging window not yet written
     skipped_nonfinite: int = 0
     best_value: float | None = None
     best_step: int | None = None
@@ -115,10 +118,12 @@ class LoopState:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def is_better(self, value: float, mode: str) -> bool:
-        if value is None or not math.isfinite(value):
-            return False
-        return self.best_value is None or (value < self.best_value if mode == "min" else value > self.best_value)
+    @classmethod
+    def from_dict(cls, saved: dict) -> "LoopState":
+        return cls(**{RENAMED_STATE_FIELDS.get(key, key): value for key, value in saved.items()})
+
+    def is_better(self, value: float | None, direction: str) -> bool:
+        return improves_on(value, self.best_value, direction)
 
 
 def new_window(first_step: int) -> dict:
@@ -162,112 +167,139 @@ def nonfinite_message(step: int, grad_accum: int, step_losses: list[torch.Tensor
     return f"non-finite loss at step {step} on another rank"
 
 
-def train_loop(
-    engine,
-    lr_scheduler,
-    batches: BatchStream,
-    state: LoopState,
-    device,
-    logger: MetricsLogger,
-    evaluate: Callable[[int], dict],
-    save: Callable[[int, bool], None],
-    stop_request: StopRequest,
-    max_steps: int,
-    grad_accum: int,
-    tokens_per_image: int,
-    log_every_n_steps: int,
-    eval_every_n_steps: int | None,
-    eval_every_n_epochs: int | None,
-    checkpoint_every_n_steps: int | None,
-    monitor: str,
-    on_nonfinite: NonFiniteAction,
-    show_progress: bool,
-    flop_counts=None,
-    peak: DevicePeak | None = None,
-) -> bool:
+@dataclass
+class LoopSettings:
+    """The loop's schedule, as flat values (the recipe reads them from the config)."""
+    max_steps: int
+    grad_accum: int
+    tokens_per_image: int
+    log_every_n_steps: int
+    eval_every_n_steps: int | None
+    eval_every_n_epochs: int | None
+    checkpoint_every_n_steps: int | None
+    monitor: str
+    on_nonfinite: NonFiniteAction
+    show_progress: bool = False
+
+
+class TrainingLoop:
     """Runs optimizer steps (each `grad_accum` micro-batches) from `state.step` to `max_steps`,
-    evaluating and checkpointing on schedule. `save(step, is_best)` writes a checkpoint of the
-    engine and `state`. Returns False when a stop signal ended the run early (after saving).
-    `flop_counts` / `peak`: the model's FLOP counts and the device's peak, for MFU."""
-    engine.train()
-    mode = monitor_mode(monitor)
-    device = torch.device(device)
-    # disable=None: a bar on a terminal, nothing in a redirected log (the log lines carry step/total and eta)
-    progress = tqdm(total=max_steps, initial=state.step, desc="train", disable=None if show_progress else True,
-                    dynamic_ncols=True)
-    window = state.window or new_window(state.step + 1)
-    sums, timer, flops = StepAccumulator(window, device), StepTimer(device), FlopTally(flop_counts)
-    window_start = loop_start = time.perf_counter()
-    first_step = state.step
-    epochs_done = batches.epochs_done()
-    with logging_redirect_tqdm():  # log lines go above the bar, not glued onto it
-        while state.step < max_steps:
-            step_losses, step_batches, skipped_in_a_row = [], [], 0
-            while len(step_losses) < grad_accum:
-                with timer.phase("data", on_device=False):
-                    batch = batches.next()
-                step_batches.append((batch.get("sample_ids"), batches.epoch))
-                batch = move_to(model_inputs(batch), device)
-                with timer.phase("forward_backward"):
-                    output = engine(**batch)
-                    loss = output.loss.detach()
-                    if on_nonfinite == NonFiniteAction.skip and not all_finite(float(loss)):
-                        skipped_in_a_row = skip_nonfinite(state, float(loss), step_batches.pop(), len(step_losses),
-                                                          grad_accum, skipped_in_a_row, batches.batches_per_epoch)
-                        continue  # no backward: nothing of this batch reaches the weights
-                    engine.backward(output.loss)
-                step_losses.append(loss)
-                sums.add(loss, batch["attention_mask"])
-                count_batch(window, flops, batch, tokens_per_image, getattr(output, "num_supervised_tokens", 0))
-                if len(step_losses) < grad_accum:
-                    with timer.phase("optimizer"):
-                        engine.step()  # not the accumulation boundary: DeepSpeed only counts it
-            bad, stopping = sums.read(window, step_losses, stop_request.signal_name is not None)
-            if bad:  # train.on_nonfinite=stop (skip never keeps one): the update below never happens
-                raise NonFiniteLossError(
-                    f"{nonfinite_message(state.step + 1, grad_accum, step_losses, step_batches)}. The run stops here and "
-                    "nothing after the last checkpoint is saved; lower optim.lr, check these samples, or set "
-                    "train.on_nonfinite=skip")
-            with timer.phase("optimizer"):
-                engine.step()  # the boundary: DeepSpeed applies the update (and the schedule)
-            state.step += 1
-            step = state.step
-            state.epoch, state.position = batches.epoch, batches.position
-            progress.update(1)
+    evaluating and checkpointing on schedule. `evaluate(step)` returns eval metrics;
+    `save(step, is_best)` writes a checkpoint of the engine and `state`. `flop_counts` / `peak`:
+    the model's FLOP counts and the device's peak, for MFU."""
 
-            if step % log_every_n_steps == 0 or step == max_steps:
-                elapsed = time.perf_counter() - window_start
-                remaining_s = (max_steps - step) * (time.perf_counter() - loop_start) / (step - first_step)
-                state.last_train = window_metrics(engine, lr_scheduler, window, step, elapsed, batches.epoch, timer,
-                                                  flops, peak, device, max_steps, remaining_s)
-                if state.skipped_nonfinite:
-                    state.last_train["train/skipped_nonfinite"] = state.skipped_nonfinite
-                logger.log(state.last_train, step=step)
-                progress.set_postfix(loss=f"{state.last_train['train/loss']:.4f}", lr=f"{state.last_train['train/lr']:.2e}")
-                window, window_start = new_window(step + 1), time.perf_counter()
-                sums = StepAccumulator(window, device)
-            state.window = window
+    def __init__(self, engine, lr_scheduler, batches: BatchStream, state: LoopState, logger: MetricsLogger,
+                 evaluate: Callable[[int], dict], save: Callable[[int, bool], None], stop_request: StopRequest,
+                 settings: LoopSettings, device="cpu", flop_counts=None, peak: DevicePeak | None = None):
+        self.engine, self.lr_scheduler, self.batches, self.state = engine, lr_scheduler, batches, state
+        self.logger, self.evaluate, self.save, self.stop_request = logger, evaluate, save, stop_request
+        self.settings, self.device, self.peak = settings, torch.device(device), peak
+        self.direction = direction_for(settings.monitor)
+        self.window = state.unlogged_window or new_window(state.step + 1)
+        self.sums, self.timer = StepAccumulator(self.window, self.device), StepTimer(self.device)
+        self.flops = FlopTally(flop_counts)
+        self.first_step, self.epochs_done = state.step, batches.epochs_done()
+        self.window_start = self.loop_start = 0.0  # set when the loop starts
+        self.progress = None
 
-            finished_epochs = batches.epochs_done()
-            epoch_ended = finished_epochs > epochs_done
-            epochs_done = finished_epochs
-            is_best, paused_at = False, time.perf_counter()
-            if (step == max_steps or (eval_every_n_steps and step % eval_every_n_steps == 0)
-                    or (eval_every_n_epochs and epoch_ended and finished_epochs % eval_every_n_epochs == 0)):
-                state.last_eval = evaluate(step)
-                logger.log(state.last_eval, step=step)
-                value = {**state.last_train, **state.last_eval}.get(monitor)
-                if state.is_better(value, mode):
-                    state.best_value, state.best_step, is_best = value, step, True
-            if (is_best or stopping or step == max_steps
-                    or (checkpoint_every_n_steps and step % checkpoint_every_n_steps == 0)):
-                save(step, is_best)
-            window_start += time.perf_counter() - paused_at  # tokens/s and the step split count training only
-            if stopping and step < max_steps:
-                progress.close()
-                return False
-    progress.close()
-    return True
+    def run(self) -> bool:
+        """Trains to `max_steps`; False when a stop signal ended the run early (after saving)."""
+        self.engine.train()
+        max_steps = self.settings.max_steps
+        # disable=None: a bar on a terminal, nothing in a redirected log (the log lines carry step/total and eta)
+        self.progress = tqdm(total=max_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
+                             disable=None if self.settings.show_progress else True)
+        self.window_start = self.loop_start = time.perf_counter()
+        try:
+            with logging_redirect_tqdm():  # log lines go above the bar, not glued onto it
+                while self.state.step < max_steps:
+                    stopping = self.optimizer_step()
+                    step = self.state.step
+                    if step % self.settings.log_every_n_steps == 0 or step == max_steps:
+                        self.log_window(step)
+                    self.state.unlogged_window = self.window
+                    self.evaluate_and_save(step, stopping)
+                    if stopping and step < max_steps:
+                        return False
+        finally:
+            self.progress.close()
+        return True
+
+    def optimizer_step(self) -> bool:
+        """`grad_accum` micro-batches and the update; returns whether any rank was asked to stop."""
+        grad_accum = self.settings.grad_accum
+        step_losses, step_batches, skipped_in_a_row = [], [], 0
+        while len(step_losses) < grad_accum:
+            skipped_in_a_row = self.micro_batch(step_losses, step_batches, skipped_in_a_row)
+        bad, stopping = self.sums.read(self.window, step_losses, self.stop_request.signal_name is not None)
+        if bad:  # train.on_nonfinite=stop (skip never keeps one): the update below never happens
+            raise NonFiniteLossError(
+                f"{nonfinite_message(self.state.step + 1, grad_accum, step_losses, step_batches)}. The run stops here "
+                "and nothing after the last checkpoint is saved; lower optim.lr, check these samples, or set "
+                "train.on_nonfinite=skip")
+        with self.timer.phase("optimizer"):
+            self.engine.step()  # the boundary: DeepSpeed applies the update (and the schedule)
+        self.state.step += 1
+        self.state.epoch, self.state.batches_into_epoch = self.batches.epoch, self.batches.batches_into_epoch
+        self.progress.update(1)
+        return stopping
+
+    def micro_batch(self, step_losses: list, step_batches: list, skipped_in_a_row: int) -> int:
+        """Forward and backward of one micro-batch (none under skip when its loss is not finite);
+        returns the run of skipped micro-batches."""
+        with self.timer.phase("data", on_device=False):
+            batch = self.batches.next_batch()
+        step_batches.append((batch.get("sample_ids"), self.batches.epoch))
+        batch = move_to(model_inputs(batch), self.device)
+        with self.timer.phase("forward_backward"):
+            output = self.engine(**batch)
+            loss = output.loss.detach()
+            if self.settings.on_nonfinite == NonFiniteAction.skip and not all_finite(float(loss)):
+                # no backward: nothing of this batch reaches the weights
+                return skip_nonfinite(self.state, float(loss), step_batches.pop(), len(step_losses),
+                                      self.settings.grad_accum, skipped_in_a_row, self.batches.batches_per_epoch)
+            self.engine.backward(output.loss)
+        step_losses.append(loss)
+        self.sums.add(loss, batch["attention_mask"])
+        count_batch(self.window, self.flops, batch, self.settings.tokens_per_image,
+                    getattr(output, "num_supervised_tokens", 0))
+        if len(step_losses) < self.settings.grad_accum:
+            with self.timer.phase("optimizer"):
+                self.engine.step()  # not the accumulation boundary: DeepSpeed only counts it
+        return skipped_in_a_row
+
+    def log_window(self, step: int) -> None:
+        """The train/* and perf/* numbers of the window that ends at `step`; a new window starts."""
+        max_steps = self.settings.max_steps
+        elapsed = time.perf_counter() - self.window_start
+        remaining_s = (max_steps - step) * (time.perf_counter() - self.loop_start) / (step - self.first_step)
+        state = self.state
+        state.last_train = window_metrics(self.engine, self.lr_scheduler, self.window, step, elapsed, self.batches.epoch,
+                                          self.timer, self.flops, self.peak, self.device, max_steps, remaining_s)
+        if state.skipped_nonfinite:
+            state.last_train["train/skipped_nonfinite"] = state.skipped_nonfinite
+        self.logger.log(state.last_train, step=step)
+        self.progress.set_postfix(loss=f"{state.last_train['train/loss']:.4f}", lr=f"{state.last_train['train/lr']:.2e}")
+        self.window, self.window_start = new_window(step + 1), time.perf_counter()
+        self.sums = StepAccumulator(self.window, self.device)
+
+    def evaluate_and_save(self, step: int, stopping: bool) -> None:
+        """Evaluation and the checkpoint on their schedules (and a checkpoint before stopping)."""
+        settings, state = self.settings, self.state
+        finished_epochs = self.batches.epochs_done()
+        epoch_ended, self.epochs_done = finished_epochs > self.epochs_done, finished_epochs
+        is_best, paused_at = False, time.perf_counter()
+        if (step == settings.max_steps or (settings.eval_every_n_steps and step % settings.eval_every_n_steps == 0)
+                or (settings.eval_every_n_epochs and epoch_ended and finished_epochs % settings.eval_every_n_epochs == 0)):
+            state.last_eval = self.evaluate(step)
+            self.logger.log(state.last_eval, step=step)
+            value = {**state.last_train, **state.last_eval}.get(settings.monitor)
+            if state.is_better(value, self.direction):
+                state.best_value, state.best_step, is_best = value, step, True
+        if (is_best or stopping or step == settings.max_steps
+                or (settings.checkpoint_every_n_steps and step % settings.checkpoint_every_n_steps == 0)):
+            self.save(step, is_best)
+        self.window_start += time.perf_counter() - paused_at  # tokens/s and the step split count training only
 
 
 def count_batch(window: dict, flops: FlopTally, batch: dict, tokens_per_image: int, supervised_tokens: int) -> None:

@@ -23,6 +23,10 @@ from dsvl_exp.repro.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 
+# a run's ending (repro/run_end.py) as each tracker marks it
+FAILED = ("failed", "interrupted")
+MLFLOW_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+
 
 def numeric_scalars(metrics: dict) -> dict[str, float]:
     """The values a scalar tracker can plot (TensorBoard and MLflow take numbers only)."""
@@ -60,9 +64,10 @@ class WandbTracker:
         if self.run is not None:
             self.run.summary.update(metrics)
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=1 if status in FAILED else 0)
+            self.run = None
 
 
 class TensorBoardTracker:
@@ -88,7 +93,7 @@ class TensorBoardTracker:
     def summary(self, metrics: dict) -> None:
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         self.writer.close()
 
 
@@ -130,8 +135,8 @@ class MlflowTracker:
     def summary(self, metrics: dict) -> None:
         pass  # the last value of each metric is MLflow's summary
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = "completed") -> None:
+        self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FINISHED"))
 
 
 class CsvTracker:
@@ -171,7 +176,7 @@ class CsvTracker:
     def summary(self, metrics: dict) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         pass
 
 
