@@ -106,3 +106,75 @@ def test_legacy_leaks_where_fixed_gives_zero():
     assert legacy[0, 0, 0, 1].item() == pytest.approx(1 + 1 / 7, abs=1e-6)
     # an image token (position 4): itself in the image branch, the 4 earlier text tokens in the other
     assert fixed[0, 4, 0, 0].item() == pytest.approx(1.0) and fixed[0, 4, 0, 1].item() == pytest.approx(1.0)
+
+
+# ---- mmca_flex: the same function through FlexAttention (models/mmca_flex.py) ------------------
+# Eager flex_attention here (the compiled kernel takes about a minute to build on CPU; the GPU
+# check runs it compiled): the same masks and arithmetic, without the fused kernel.
+
+
+def flex_forward(query, key, value, types):
+    from dsvl_exp.models.mmca_flex import branch_block_masks, flex_mmca
+
+    return flex_mmca(query, key, value, branch_block_masks(types), 8**-0.5, compiled=False)
+
+
+def image_order_types(image_order):
+    """`reversed` puts each row's images in the other order, which moves the image spans (the
+    layouts DSVLModel's two image orders produce)."""
+    return TOKEN_TYPES if image_order == "forward" else TOKEN_TYPES.flip(1).roll(-2, dims=1)
+
+
+@pytest.mark.parametrize("image_order", ["forward", "reversed"])
+def test_flex_forward_matches_reference(image_order):
+    types = image_order_types(image_order)
+    k_len = types.shape[1]
+    query, key, value = random_qkv(k_len, k_len, seed=3)
+    flex = flex_forward(query, key, value, types)
+    expected = reference_mmca(query, key, value, types, legacy=False)
+    assert flex.shape == expected.shape == (3, k_len, 4, 8)
+    assert (flex - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward on CPU (torch 2.13)")
+@pytest.mark.parametrize("image_order", ["forward", "reversed"])
+def test_flex_backward_matches_gathered_on_gpu(image_order):
+    """Compiled, fp32, on the GPU: outputs and the gradients of query, key and value."""
+    from dsvl_exp.models.mmca_flex import branch_block_masks, flex_mmca
+
+    types = image_order_types(image_order).cuda()
+    k_len = types.shape[1]
+    leaves = [t.cuda().requires_grad_() for t in random_qkv(k_len, k_len, seed=3)]
+    flex = flex_mmca(*leaves, branch_block_masks(types), 8**-0.5, compiled=True)
+    gathered, _ = mmca_attention_forward(Attn(), *leaves, None, scaling=8**-0.5, mmca_token_types=types)
+    assert (flex - gathered).abs().max().item() <= 1e-4
+    grad = torch.randn(flex.shape, generator=torch.Generator().manual_seed(1)).cuda()
+    for flex_grad, gathered_grad in zip(torch.autograd.grad(flex, leaves, grad), torch.autograd.grad(gathered, leaves, grad)):
+        assert flex_grad.shape == gathered_grad.shape
+        assert (flex_grad - gathered_grad).abs().max().item() <= 1e-4
+
+
+def test_flex_backend_in_the_decoder_matches_gathered(monkeypatch):
+    """decoder.attention=mmca_flex through the attention interface: the prompt pass by
+    FlexAttention (eager here), a decoding step and a CPU training pass by the gathered form."""
+    from dsvl_exp.models import mmca_flex
+    from dsvl_exp.models.mmca import MMCA_IMPLEMENTATIONS
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(mmca_flex, "flex_function", lambda compiled: flex_attention)  # eager: no minute-long compile
+    k_len = TOKEN_TYPES.shape[1]
+    query, key, value = random_qkv(k_len, k_len, seed=5)
+    out, _ = MMCA_IMPLEMENTATIONS["mmca_flex"](Attn(), query, key, value, None, scaling=8**-0.5, mmca_token_types=TOKEN_TYPES)
+    gathered, _ = mmca_attention_forward(Attn(), query, key, value, None, scaling=8**-0.5, mmca_token_types=TOKEN_TYPES)
+    assert (out - gathered).abs().max().item() <= 1e-5
+    step_types = torch.cat([TOKEN_TYPES, torch.full((3, 1), TEXT)], dim=1)
+    query, key, value = random_qkv(1, k_len + 1, seed=6)
+    out, _ = MMCA_IMPLEMENTATIONS["mmca_flex"](Attn(), query, key, value, None, scaling=8**-0.5, mmca_token_types=step_types)
+    assert (out - reference_mmca(query, key, value, step_types, legacy=False)).abs().max().item() <= 1e-5
+    leaves = [t.requires_grad_() for t in random_qkv(k_len, k_len, seed=7)]  # CPU + gradients: gathered
+    out, _ = MMCA_IMPLEMENTATIONS["mmca_flex"](Attn(), *leaves, None, scaling=8**-0.5, mmca_token_types=TOKEN_TYPES)
+    out.sum().backward()
+    assert leaves[0].grad is not None and leaves[0].grad.abs().sum().item() > 0
+    assert (out.detach() - reference_mmca(*[t.detach() for t in leaves], TOKEN_TYPES, legacy=False)).abs().max().item() <= 1e-5
