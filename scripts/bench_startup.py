@@ -30,7 +30,7 @@ from bench_common import print_machine_header, write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def environment(src: Path, wandb_mode: str) -> dict:
+def environment(src: Path = ROOT / "src", wandb_mode: str = "offline") -> dict:
     env = {**os.environ, "WANDB_MODE": wandb_mode, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.setdefault("DSVL_CACHE_DIR", tempfile.mkdtemp(prefix="dsvl_bench_cache_"))
