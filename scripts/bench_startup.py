@@ -56,10 +56,15 @@ def one_run(extra: list[str], env: dict) -> dict:
         return {"first_step_s": first_step - start, "total_s": total, "after_last_record_s": start + total - last_step}
 
 
-def import_time(env: dict) -> float:
+def import_time(env: dict, code: str = "import torch, transformers, deepspeed") -> float:
     start = time.time()
-    subprocess.run([sys.executable, "-c", "import torch, transformers, deepspeed"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     return time.time() - start
+
+
+# the engine's way when the package has it (training/deepspeed_import.py: without MLflow), else plain
+PROJECT_IMPORT = ("import torch, transformers\ntry:\n    from dsvl_exp.training.deepspeed_import import import_deepspeed\n"
+                  "except ImportError:\n    import deepspeed\nelse:\n    import_deepspeed()")
 
 
 def slowest_imports(env: dict, extra: list[str], count: int = 10) -> list[tuple[float, str]]:
@@ -88,23 +93,27 @@ def main() -> None:
     print("package:", package_location(envs[args.wandb_modes[0]]))
     for env in envs.values():
         one_run(args.extra, env)  # warm: synthetic data cached, compiled bytecode, page cache
-    runs, imports = {mode: [] for mode in envs}, []
+    runs, imports, project_imports = {mode: [] for mode in envs}, [], []
     for _ in range(args.repeats):
         for mode, env in envs.items():
             runs[mode].append(one_run(args.extra, env))
         imports.append(import_time(envs[args.wandb_modes[0]]))
+        project_imports.append(import_time(envs[args.wandb_modes[0]], PROJECT_IMPORT))
     medians = {mode: {key: statistics.median(r[key] for r in mode_runs) for key in mode_runs[0]} for mode, mode_runs in runs.items()}
     for mode, values in medians.items():
         for key, value in values.items():
             print(f"WANDB_MODE={mode:9s} {key:28s} {value:6.2f} s")
     import_s = statistics.median(imports)
+    project_import_s = statistics.median(project_imports)
     print(f"{'import torch, transformers, deepspeed':49s} {import_s:6.2f} s")
+    print(f"{'the same, deepspeed as the engine imports it':49s} {project_import_s:6.2f} s")
     slow = slowest_imports(envs[args.wandb_modes[0]], args.extra)
     print(f"slowest top-level imports (cumulative s, WANDB_MODE={args.wandb_modes[0]}):")
     for seconds, module in slow:
         print(f"  {seconds:6.2f}  {module}")
     write_json(args.json, "bench_startup", {"args": {**vars(args), "src": str(args.src)}, "medians": medians,
-                                            "import_torch_transformers_deepspeed_s": import_s, "runs": runs,
+                                            "import_torch_transformers_deepspeed_s": import_s,
+                                            "import_as_the_engine_does_s": project_import_s, "runs": runs,
                                             "slowest_imports": slow})
 
 
