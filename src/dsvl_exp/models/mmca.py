@@ -314,18 +314,18 @@ def mmca_attention_forward(module, query, key, value, attention_mask, dropout=0.
     return _mmca(module, query, key, value, attention_mask, dropout, scaling, legacy=False, **kwargs)
 
 
-_flex_notes: list = []  # the CPU-training note, logged once per process
+_flex_notes: list = []  # the CPU note, logged once per process
 
 
 def mmca_flex_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """`mmca` through FlexAttention (models/mmca_flex.py) for the prompt pass; decoding steps and
-    attention dropout run the gathered form."""
+    """`mmca` through FlexAttention (models/mmca_flex.py): the prompt pass on a CUDA device. Decoding
+    steps, attention dropout and CPU devices run the gathered form (on CPU, torch 2.13's FlexAttention
+    has no backward, and its compiled forward lost to the gathered form: BENCHMARKS.md)."""
     token_types = kwargs.get(TOKEN_TYPES_KWARG)
-    cpu_training = query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad
-    if cpu_training and not _flex_notes:  # torch 2.13 has no FlexAttention backward on CPU
-        _flex_notes.append(log.warning("decoder.attention=mmca_flex: FlexAttention has no backward on CPU; "
-                                       "training passes run the gathered form (decoder.attention=mmca)"))
-    if (cpu_training or dropout > 0.0 or token_types is None or query.shape[2] != key.shape[2]
+    if query.device.type != "cuda" and not _flex_notes:
+        _flex_notes.append(log.warning("decoder.attention=mmca_flex runs FlexAttention on CUDA devices only; on "
+                                       "this CPU the gathered form runs (the same function as decoder.attention=mmca)"))
+    if (query.device.type != "cuda" or dropout > 0.0 or token_types is None or query.shape[2] != key.shape[2]
             or token_types.shape[1] != key.shape[2]):
         return _mmca(module, query, key, value, attention_mask, dropout, scaling, legacy=False, **kwargs)
     from .mmca_flex import branch_block_masks, flex_mmca
@@ -343,7 +343,7 @@ MMCA_IMPLEMENTATIONS = {"mmca": mmca_attention_forward, "mmca_legacy": mmca_lega
 
 
 def register_attention() -> None:
-    """Make these functions transformers' `mmca` / `mmca_legacy`. The registry is global: loading an
+    """Make these functions transformers' `mmca` / `mmca_legacy` / `mmca_flex`. The registry is global: loading an
     export folder's copy of this file (trust_remote_code) registers that copy's functions, with their
     own mask cache, in their place."""
     for name, function in MMCA_IMPLEMENTATIONS.items():

@@ -8,9 +8,9 @@ Where it is worth it: on a GPU, where the compiled kernel is fused and skips the
 blocks, so nothing is copied (scripts/gpu_check.sh measures it). On CPU it loses to the gathered
 form (BENCHMARKS.md, `scripts/bench_mmca.py`): eager FlexAttention materialises every score,
 and even compiled it ran 5x the gathered form's time at 1024 tokens after a ~60 s compile, so
-`mmca` stays the default. The prompt pass (query length == key length) runs here; cached
-decoding steps (one query over a growing cache, a new shape each step) and attention dropout
-(FlexAttention has none) run the gathered form.
+`mmca` stays the default. The prompt pass (query length == key length) on a CUDA device runs
+here; cached decoding steps (one query over a growing cache, a new shape each step), attention
+dropout (FlexAttention has none) and CPU devices (no backward there) run the gathered form.
 """
 
 from __future__ import annotations
