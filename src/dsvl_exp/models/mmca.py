@@ -1,6 +1,7 @@
 """Multi-modal causal attention (MMCA, DeepSpeed-VisualChat section 1.7) for transformers' LLaMA.
 
-Registered in transformers' attention interface as `mmca` and `mmca_legacy`, and selected with
+Registered in transformers' attention interface as `mmca`, `mmca_legacy` and `mmca_flex` (the
+same function as `mmca` through FlexAttention on CUDA, models/mmca_flex.py), and selected with
 `attn_implementation`. The decoder's forward receives `mmca_token_types` [batch, key_length]
 (0 pad / 1 text / 2 image, what `splice_images` produces, cached positions included) and hands
 it down to this function. Each query attends with two separate softmaxes, summed:
