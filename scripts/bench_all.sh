@@ -69,9 +69,10 @@ for name in ("before", "after"):
                      f"{f['mmca'] / f['causal']:.2f}x; {b['mmca'] / b['causal']:.2f}x"))
         rows.append((f"MMCA vs reference style @{r['length']}, {r['image_tokens']} image tokens (fwd; fwd+bwd)", name,
                      f"{f['reference_style'] / f['mmca']:.2f}x; {b['reference_style'] / b['mmca']:.2f}x faster"))
-for r in load("attention_8192")["results"]:
+long = load("attention_8192")
+for r in long["results"]:
     f, b = r["forward_s"], r["forward_backward_s"]
-    rows.append((f"MMCA / causal SDPA @{r['length']} (8 heads), {r['image_tokens']} image tokens (fwd; fwd+bwd)", "after",
+    rows.append((f"MMCA / causal SDPA @{r['length']} ({long['args']['heads']} heads), {r['image_tokens']} image tokens (fwd; fwd+bwd)", "after",
                  f"{f['mmca'] / f['causal']:.2f}x; {b['mmca'] / b['causal']:.2f}x"))
 for r in load("attention_flex")["results"]:
     f = r["forward_s"]
