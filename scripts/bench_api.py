@@ -15,6 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_common import print_machine_header
+
 QUESTIONS = ["What colour is the shape in image 1?", "What shape is in image 1?", "Describe image 1."]
 
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
+    print_machine_header()
     import openai
 
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=600)

@@ -130,6 +130,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    from bench_common import print_machine_header
+
+    print_machine_header()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_data_startup_"))
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

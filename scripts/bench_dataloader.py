@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import cpu_description, write_json
+from bench_common import print_machine_header, write_json
 from bench_startup import environment
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     env = environment()
-    print(cpu_description())
+    print_machine_header()
     samples: dict[str, list[float]] = {s: [] for s in args.settings}
     for _ in range(args.rounds):
         for setting in args.settings:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import print_machine_header
+
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--num-layers", type=int, default=4, help="decoder layers")
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temp dir)")
     args = parser.parse_args()
+    print_machine_header()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import print_machine_header
+
 COMMANDS = ("train", "chat", "evaluate", "serve", "export", "diff", "reproduce", "sweep_report")
 
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     repeats = parser.parse_args().repeats
+    print_machine_header()
     print(f"{'command':<14}{'best wall s':>12}{'best cpu s':>12}")
     for command in COMMANDS:
         samples = [time_help(command) for _ in range(repeats)]

@@ -23,6 +23,8 @@ from dsvl_exp.data.sampler import LengthGroupedSampler
 from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.models.tokenizer import load_tokenizer
 
+from bench_common import print_machine_header
+
 
 def padding_fraction(lengths: list[int], order: list[int], batch_size: int, multiple: int = 8) -> float:
     padded = total = 0
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-image", type=int, default=17)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
+    print_machine_header()
 
     cache = os.environ.get("DSVL_CACHE_DIR") or tempfile.mkdtemp(prefix="dsvl_bench_")
     data = build_conversations({"root": os.path.join(cache, "synthetic"), "num_train": args.num_train, "num_eval": 10}, [], [])

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU path end to end on one machine with one CUDA GPU, in about 8 minutes, then one table:
-#   1. pytest -m gpu                   (tests/test_gpu.py: NCCL + gloo group, CUDA timing, host reads)
+#   1. pytest -m gpu                   (tests/test_gpu.py: NCCL + gloo group, CUDA timing, host reads;
+#                                       tests/test_mmca.py: decoder.attention=mmca_flex fwd + bwd vs the gathered form)
 #   2. experiment=smoke in bf16 (fp32 with --cpu), decoder.attention=mmca, train.gradient_checkpointing=true, zero=2
 #   3. the same with zero=3
 #   4. export the zero=3 run's checkpoint -> chat --script -> evaluate synthetic, on the GPU
-#   5. scripts/bench_attention.py: MMCA vs one causal SDPA call at 2048 and 8192 positions, bf16
+#   5. scripts/bench_attention.py: MMCA (gathered and FlexAttention) vs one causal SDPA call at 2048
+#      and 8192 positions, bf16, both layouts (1576 / 788 of 2048 positions image)
 #   6. scripts/bench_train.py --preset medium: step time and MFU of a ~1.2 B model in bf16
 #
 #   scripts/gpu_check.sh            # on the GPU machine, from the checkout (or any folder: it cd's)
@@ -50,7 +52,7 @@ fi
 
 if [ "$MODE" = gpu ]; then
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible: run scripts/gpu_check.sh --cpu here')" || exit 1
-    STEPS=20 PRECISION=bf16 SUITE=synthetic BENCH_ATTENTION="--device cuda --dtype bf16 --lengths 2048 8192 --candidates causal mmca --repeats 5"
+    STEPS=20 PRECISION=bf16 SUITE=synthetic BENCH_ATTENTION="--device cuda --dtype bf16 --lengths 2048 8192 --images-per-512 2 1 --candidates causal mmca mmca_flex --repeats 5"
     BENCH_TRAIN="--device cuda --preset medium --candidates after_bf16 --repeats 3"
 else
     # fp32: bf16 matmuls on a CPU without AMX run ~10x slower than fp32 (the GPU run is bf16)
@@ -76,7 +78,7 @@ step() {
 
 SMOKE=(experiment=smoke train.precision=$PRECISION decoder.attention=mmca train.gradient_checkpointing=true
        train.max_steps=$STEPS train.log_every_n_steps=$((STEPS / 4)) eval.every_n_steps=$STEPS train.progress_bar=false)
-step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_mmca.py
 step train_zero2 "$PY" -m dsvl_exp.train "${SMOKE[@]}" zero=2 hydra.run.dir="$OUT/zero2"
 step train_zero3 "$PY" -m dsvl_exp.train "${SMOKE[@]}" zero=3 hydra.run.dir="$OUT/zero3"
 step export "$PY" -m dsvl_exp.export "$OUT/zero3" --out "$OUT/exported"
@@ -128,13 +130,17 @@ if chat_log.exists():
 bench = out / "bench_attention.json"
 if bench.exists():
     results["bench_attention"] = " | ".join(
-        f"L={r['length']}: mmca/causal fwd {r['forward_s']['mmca'] / r['forward_s']['causal']:.2f}x, "
-        f"fwd+bwd {r['forward_backward_s']['mmca'] / r['forward_backward_s']['causal']:.2f}x"
+        f"L={r['length']} ({r['image_tokens']} image): " + ", ".join(
+            f"{name}/causal fwd {r['forward_s'][name] / r['forward_s']['causal']:.2f}x"
+            + (f" fwd+bwd {r['forward_backward_s'][name] / r['forward_backward_s']['causal']:.2f}x"
+               if name in r['forward_backward_s'] else "")
+            for name in ("mmca", "mmca_flex") if name in r['forward_s'])
         for r in json.loads(bench.read_text())["results"])
 bench = out / "bench_train.json"
 if bench.exists():
     data = json.loads(bench.read_text())
-    results["bench_train"] = " | ".join(f"{name}: {r['step_s']:.3f} s/step, MFU {r['mfu']:.1%}" for name, r in data["results"].items())
+    results["bench_train"] = " | ".join(f"{name}: {r['step_s']:.3f} s/step, MFU " + (
+        f"{r['mfu']:.1%}" if r["mfu"] is not None else "not reported (the peak swung)") for name, r in data["results"].items())
 print(f"{'step':16s} {'status':7s} {'s':>5s}  result")
 failed = 0
 for name, status, seconds in rows:

@@ -92,7 +92,7 @@ def test_unknown_keys_are_refused_even_with_plus(override, message):
     ("data.on_missing_image=ignore", "[error, skip]"),
     ("launcher.kind=k8s", "[local, slurm]"),
     ("optim.scheduler=nope", "[linear, cosine, "),
-    ("decoder.attention=flash", "[causal, mmca, mmca_legacy]"),
+    ("decoder.attention=flash", "[causal, mmca, mmca_legacy, mmca_flex]"),
     ("zero.offload_param=disk", "[none, cpu]"),
     ("launcher.start_method=thread", "[spawn, fork, forkserver]"),
     ("logger.wandb.mode=on", "[offline, online, disabled]"),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dsvl_exp.models.mmca import mmca_attention_forward, mmca_legacy_attention_forward
+from dsvl_exp.models.mmca import branch_permissions, mmca_attention_forward, mmca_legacy_attention_forward
 
 PAD, TEXT, IMAGE = 0, 1, 2
 # right padding, left padding (generation), text before the first image, several images
@@ -106,3 +106,96 @@ def test_legacy_leaks_where_fixed_gives_zero():
     assert legacy[0, 0, 0, 1].item() == pytest.approx(1 + 1 / 7, abs=1e-6)
     # an image token (position 4): itself in the image branch, the 4 earlier text tokens in the other
     assert fixed[0, 4, 0, 0].item() == pytest.approx(1.0) and fixed[0, 4, 0, 1].item() == pytest.approx(1.0)
+
+
+# ---- mmca_flex: the same function through FlexAttention (models/mmca_flex.py) ------------------
+# Eager flex_attention here (the compiled kernel takes about a minute to build on CPU; the GPU
+# check runs it compiled): the same masks and arithmetic, without the fused kernel.
+
+
+def flex_forward(query, key, value, types):
+    from dsvl_exp.models.mmca_flex import branch_block_masks, flex_mmca
+
+    return flex_mmca(query, key, value, branch_block_masks(types), 8**-0.5, compiled=False)
+
+
+def image_order_types(image_order):
+    """`reversed` puts each row's images in the other order, which moves the image spans (the
+    layouts DSVLModel's two image orders produce)."""
+    return TOKEN_TYPES if image_order == "forward" else TOKEN_TYPES.flip(1).roll(-2, dims=1)
+
+
+@pytest.mark.parametrize("image_order", ["forward", "reversed"])
+def test_flex_forward_matches_reference(image_order):
+    types = image_order_types(image_order)
+    k_len = types.shape[1]
+    query, key, value = random_qkv(k_len, k_len, seed=3)
+    flex = flex_forward(query, key, value, types)
+    expected = reference_mmca(query, key, value, types, legacy=False)
+    assert flex.shape == expected.shape == (3, k_len, 4, 8)
+    assert (flex - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward on CPU (torch 2.13)")
+@pytest.mark.parametrize("image_order", ["forward", "reversed"])
+def test_flex_backward_matches_gathered_on_gpu(image_order):
+    """Compiled, fp32, on the GPU: outputs and the gradients of query, key and value."""
+    from dsvl_exp.models.mmca_flex import branch_block_masks, flex_mmca
+
+    types = image_order_types(image_order).cuda()
+    k_len = types.shape[1]
+    leaves = [t.cuda().requires_grad_() for t in random_qkv(k_len, k_len, seed=3)]
+    flex = flex_mmca(*leaves, branch_block_masks(types), 8**-0.5, compiled=True)
+    gathered, _ = mmca_attention_forward(Attn(), *leaves, None, scaling=8**-0.5, mmca_token_types=types)
+    assert (flex - gathered).abs().max().item() <= 1e-4
+    grad = torch.randn(flex.shape, generator=torch.Generator().manual_seed(1)).cuda()
+    for flex_grad, gathered_grad in zip(torch.autograd.grad(flex, leaves, grad), torch.autograd.grad(gathered, leaves, grad)):
+        assert flex_grad.shape == gathered_grad.shape
+        assert (flex_grad - gathered_grad).abs().max().item() <= 1e-4
+
+
+def test_flex_backend_runs_the_gathered_form_on_cpu(caplog, monkeypatch):
+    """decoder.attention=mmca_flex through the attention interface on CPU: the gathered form (no
+    FlexAttention backward on CPU), said once in the log; values and gradients as `mmca`'s."""
+    from dsvl_exp.models import mmca
+
+    monkeypatch.setattr(mmca, "_flex_notes", [])  # as in a fresh process: the note not logged yet
+    k_len = TOKEN_TYPES.shape[1]
+    leaves = [t.requires_grad_() for t in random_qkv(k_len, k_len, seed=7)]
+    with caplog.at_level("WARNING", logger="dsvl_exp.models.mmca"):
+        out, _ = mmca.MMCA_IMPLEMENTATIONS["mmca_flex"](Attn(), *leaves, None, scaling=8**-0.5, mmca_token_types=TOKEN_TYPES)
+        mmca.MMCA_IMPLEMENTATIONS["mmca_flex"](Attn(), *leaves, None, scaling=8**-0.5, mmca_token_types=TOKEN_TYPES)
+    assert sum("mmca_flex runs FlexAttention on CUDA devices only" in r.message for r in caplog.records) == 1
+    expected = reference_mmca(*[t.detach() for t in leaves], TOKEN_TYPES, legacy=False)
+    assert (out.detach() - expected).abs().max().item() <= 1e-5
+    out.sum().backward()
+    assert leaves[0].grad is not None and leaves[0].grad.abs().sum().item() > 0
+
+
+def dense_mmca(query, key, value, types):
+    """Both branches as masked squares (the form `mmca` replaced), differentiable: the gradient check."""
+    causal, image_keys, text_keys = branch_permissions(types, query.shape[2], legacy=False)
+    output = 0
+    for keys in (image_keys, text_keys):
+        allowed = (causal & keys)[:, None]
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=8**-0.5)
+        output = output + out * allowed.any(dim=-1, keepdim=True)
+    return output.transpose(1, 2)
+
+
+@pytest.mark.parametrize("types", [TOKEN_TYPES, torch.tensor([[2, 2, 1, 1, 2, 2, 1, 0], [0, 0, 2, 2, 1, 2, 1, 1]])],
+                         ids=["text_first", "image_first"])
+def test_gathered_gradients_match_dense_masks(types):
+    """Queries with no legal key in a branch (text before any image, an image first, left padding)
+    read a zero row in the gathered form: no value and no gradient from that branch."""
+    length = types.shape[1]
+    g = torch.Generator().manual_seed(2)
+    leaves = [torch.randn(types.shape[0], 4, length, 8, generator=g).requires_grad_() for _ in range(3)]
+    gathered, _ = mmca_attention_forward(torch.nn.Module(), *leaves, None, scaling=8**-0.5, mmca_token_types=types)
+    dense = dense_mmca(*leaves, types)
+    assert (gathered - dense).abs().max().item() <= 1e-5
+    grad = torch.randn(gathered.shape, generator=g)
+    for ours, expected in zip(torch.autograd.grad(gathered, leaves, grad), torch.autograd.grad(dense, leaves, grad)):
+        assert (ours - expected).abs().max().item() <= 1e-5

@@ -30,6 +30,7 @@ class Attention(Choice):
     causal = "causal"
     mmca = "mmca"
     mmca_legacy = "mmca_legacy"
+    mmca_flex = "mmca_flex"  # mmca through FlexAttention (models/mmca_flex.py): for GPUs
 
 
 class Precision(Choice):

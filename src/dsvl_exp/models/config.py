@@ -35,7 +35,7 @@ class DSVLConfig(PretrainedConfig):
         vision: dict | None = None,
         projection: dict | None = None,
         decoder: dict | None = None,
-        attention: str = "causal",  # causal | mmca | mmca_legacy
+        attention: str = "causal",  # causal | mmca | mmca_legacy | mmca_flex
         image_order: str = "forward",  # forward | reversed_legacy
         image_token_id: int | None = None,
         pad_token_id: int | None = None,

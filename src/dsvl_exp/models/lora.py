@@ -3,7 +3,6 @@ they are: a target Linear `x` becomes `x.base_layer` plus `x.lora_A/lora_B`."""
 
 from __future__ import annotations
 
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from dsvl_exp.errors import ConfigError
@@ -19,6 +18,8 @@ def add_lora(module: nn.Module, r: int, alpha: float, dropout: float, target_mod
     """
     if r <= 0:
         raise ConfigError(f"lora.{part}.r={r}: a LoRA rank must be >= 1 when train.{part}=lora")
+    from peft import LoraConfig, inject_adapter_in_model  # only runs with LoRA pay for importing peft
+
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
     try:
         inject_adapter_in_model(config, module)

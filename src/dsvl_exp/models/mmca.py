@@ -1,6 +1,7 @@
 """Multi-modal causal attention (MMCA, DeepSpeed-VisualChat section 1.7) for transformers' LLaMA.
 
-Registered in transformers' attention interface as `mmca` and `mmca_legacy`, and selected with
+Registered in transformers' attention interface as `mmca`, `mmca_legacy` and `mmca_flex` (the
+same function as `mmca` through FlexAttention on CUDA, models/mmca_flex.py), and selected with
 `attn_implementation`. The decoder's forward receives `mmca_token_types` [batch, key_length]
 (0 pad / 1 text / 2 image, what `splice_images` produces, cached positions included) and hands
 it down to this function. Each query attends with two separate softmaxes, summed:
@@ -25,6 +26,7 @@ them per layer cost 15 ms a layer at 2048 tokens.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 
@@ -32,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
+
+log = logging.getLogger(__name__)
 
 TOKEN_TYPES_KWARG = "mmca_token_types"
 PAD, TEXT, IMAGE = 0, 1, 2
@@ -95,7 +99,7 @@ def take_rows(source: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor)
 
 
 @dataclass
-class Group:
+class PackedPositions:
     """Some positions of every row, packed to the front: `index` [batch, size] (slots past a
     row's count, `valid` False, repeat some position; nothing reads their results), `rank`
     [batch, length] each selected position's slot."""
@@ -106,16 +110,16 @@ class Group:
     size: int
 
 
-def _group(selected: torch.Tensor) -> Group:
+def _pack_positions(selected: torch.Tensor) -> PackedPositions:
     counts = selected.sum(dim=1, keepdim=True)
     size = int(counts.max().item()) if selected.numel() else 0
     index = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :size]
     valid = torch.arange(size, device=selected.device)[None, :] < counts
-    return Group(index=index, valid=valid, rank=selected.long().cumsum(dim=1) - 1, size=size)
+    return PackedPositions(index=index, valid=valid, rank=selected.long().cumsum(dim=1) - 1, size=size)
 
 
 @dataclass
-class Take:
+class FlatRowIndex:
     """Disjoint groups fetched in one `take_rows` (one gradient buffer instead of one per group)."""
 
     rows: torch.Tensor  # [batch * sum(sizes)] into the flattened [batch * row_length] rows
@@ -123,50 +127,60 @@ class Take:
     sizes: list[int]
 
 
-def _take_of(groups: list[Group], row_length: int, offset: int = 0) -> Take:
+def _flat_row_index(groups: list[PackedPositions], row_length: int, offset: int = 0) -> FlatRowIndex:
     index = torch.cat([group.index for group in groups], dim=1)
     valid = torch.cat([group.valid for group in groups], dim=1)
     batch = index.shape[0]
     rows = index + offset + torch.arange(batch, device=index.device)[:, None] * row_length
     grad_rows = torch.where(valid, rows, batch * row_length)
-    return Take(rows.reshape(-1), grad_rows.reshape(-1), [group.size for group in groups])
+    return FlatRowIndex(rows.reshape(-1), grad_rows.reshape(-1), [group.size for group in groups])
 
 
 @dataclass
-class MaskedPart:
+class PackedKeyMask:
     """Queries of one group against the packed keys of one branch, with an additive mask."""
 
     bias: torch.Tensor  # [batch, 1, queries, keys]: 0 legal, finfo.min blocked
-    has_key: torch.Tensor  # [batch, queries, 1, 1]: 0 where a query has no legal key (gets nothing)
+    has_key: torch.Tensor  # [batch, queries] bool: False where a query has no legal key (gets nothing)
 
 
 @dataclass
 class GatheredPlan:
     batch: int
     query_length: int
-    keys: Take  # text keys, then image keys
-    queries: Take  # text queries, then the others (image, padding), both against the text keys
-    non_image_queries: Take  # text and padding queries, against the image keys
-    own_values: Take | None  # cached decoding: image queries' own values (prompt: the image keys)
+    keys: FlatRowIndex  # text keys, then image keys
+    queries: FlatRowIndex  # text queries, then the others (image, padding), both against the text keys
+    non_image_queries: FlatRowIndex  # text and padding queries, against the image keys
+    own_values: FlatRowIndex | None  # cached decoding: image queries' own values (prompt: the image keys)
     text_causal: bool  # prompt pass: packed text queries x packed text keys is plain causal
-    text_masked: MaskedPart | None
-    other_masked: MaskedPart
-    image_masked: MaskedPart
-    text_inverse: torch.Tensor  # [batch * query]: row in cat(text queries, other queries)
-    image_inverse: torch.Tensor  # [batch * query]: row in cat(non-image queries, image queries)
+    text_masked: PackedKeyMask | None
+    other_masked: PackedKeyMask
+    image_masked: PackedKeyMask
+    text_inverse: torch.Tensor  # [batch * query]: row in cat(text queries, other queries, a zero row)
+    image_inverse: torch.Tensor  # [batch * query]: row in cat(non-image queries, image queries, a zero row)
 
 
-def _masked_part(queries: Group, keys: Group, offset: int, dtype) -> MaskedPart:
+def _packed_key_mask(queries: PackedPositions, keys: PackedPositions, offset: int, dtype) -> PackedKeyMask:
     allowed = (keys.index[:, None, :] <= queries.index[:, :, None] + offset) & keys.valid[:, None, :]
     zero = torch.zeros((), dtype=dtype, device=allowed.device)
     bias = torch.where(allowed, zero, torch.finfo(dtype).min)
-    return MaskedPart(bias[:, None], allowed.any(dim=-1)[:, :, None, None].to(dtype))
+    return PackedKeyMask(bias[:, None], allowed.any(dim=-1))
 
 
-def _inverse(selected: torch.Tensor, first: Group, second: Group) -> torch.Tensor:
+def _inverse(selected: torch.Tensor, first: PackedPositions, second: PackedPositions,
+             first_mask: PackedKeyMask | None, second_mask: PackedKeyMask | None) -> torch.Tensor:
+    """Each position's row in cat(first's slots, second's slots, one zero row), per batch row. A
+    position whose query has no legal key reads the zero row: that replaces multiplying each
+    masked output by its has-key flags (5 % of the forward at 2048 tokens, 788 of them image)."""
     batch = selected.shape[0]
+    width = first.size + second.size + 1
     slot = torch.where(selected, first.rank, first.size + second.rank)
-    return (slot + torch.arange(batch, device=slot.device)[:, None] * (first.size + second.size)).reshape(-1)
+    has_key = torch.ones_like(selected)
+    for members, group, mask in ((selected, first, first_mask), (~selected, second, second_mask)):
+        if mask is not None and group.size > 0:
+            has_key &= ~members | mask.has_key.gather(1, group.rank.clamp(min=0))
+    slot = torch.where(has_key, slot, width - 1)
+    return (slot + torch.arange(batch, device=slot.device)[:, None] * width).reshape(-1)
 
 
 def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> GatheredPlan:
@@ -174,34 +188,37 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
     offset = key_length - query_length
     query_types = token_types[:, offset:]
     is_text, is_image = query_types == TEXT, query_types == IMAGE
-    text_keys, image_keys = _group(token_types == TEXT), _group(token_types == IMAGE)
-    text_queries, other_queries = _group(is_text), _group(~is_text)
-    non_image_queries, image_queries = _group(~is_image), _group(is_image)
+    text_keys, image_keys = _pack_positions(token_types == TEXT), _pack_positions(token_types == IMAGE)
+    text_queries, other_queries = _pack_positions(is_text), _pack_positions(~is_text)
+    non_image_queries, image_queries = _pack_positions(~is_image), _pack_positions(is_image)
     text_causal = offset == 0
+    text_masked = None if text_causal else _packed_key_mask(text_queries, text_keys, offset, dtype)
+    other_masked = _packed_key_mask(other_queries, text_keys, offset, dtype)
+    image_masked = _packed_key_mask(non_image_queries, image_keys, offset, dtype)
     return GatheredPlan(
         batch=batch,
         query_length=query_length,
-        keys=_take_of([text_keys, image_keys], key_length),
-        queries=_take_of([text_queries, other_queries], query_length),
-        non_image_queries=_take_of([non_image_queries], query_length),
-        own_values=None if text_causal else _take_of([image_queries], key_length, offset),
+        keys=_flat_row_index([text_keys, image_keys], key_length),
+        queries=_flat_row_index([text_queries, other_queries], query_length),
+        non_image_queries=_flat_row_index([non_image_queries], query_length),
+        own_values=None if text_causal else _flat_row_index([image_queries], key_length, offset),
         text_causal=text_causal,
-        text_masked=None if text_causal else _masked_part(text_queries, text_keys, offset, dtype),
-        other_masked=_masked_part(other_queries, text_keys, offset, dtype),
-        image_masked=_masked_part(non_image_queries, image_keys, offset, dtype),
-        text_inverse=_inverse(is_text, text_queries, other_queries),
-        image_inverse=_inverse(~is_image, non_image_queries, image_queries),
+        text_masked=text_masked,
+        other_masked=other_masked,
+        image_masked=image_masked,
+        text_inverse=_inverse(is_text, text_queries, other_queries, text_masked, other_masked),
+        image_inverse=_inverse(~is_image, non_image_queries, image_queries, image_masked, None),
     )
 
 
-def _take(rows: torch.Tensor, take: Take, groups: int = 1) -> list[torch.Tensor]:
+def _gather_packed(rows: torch.Tensor, index: FlatRowIndex, groups: int = 1) -> list[torch.Tensor]:
     """rows [batch, length, heads, dim] -> per group [batch, size, heads * groups, dim] (GQA repeat)."""
     batch, length, heads, dim = rows.shape
-    total = sum(take.sizes)
-    picked = take_rows(rows.reshape(batch * length, heads * dim), take.rows, take.grad_rows).view(batch, total, heads, dim)
+    total = sum(index.sizes)
+    picked = take_rows(rows.reshape(batch * length, heads * dim), index.rows, index.grad_rows).view(batch, total, heads, dim)
     if groups > 1:  # the order of transformers' repeat_kv: query head h uses key head h // groups
         picked = picked[:, :, :, None].expand(-1, -1, -1, groups, -1).reshape(batch, total, heads * groups, dim)
-    return list(picked.split(take.sizes, dim=1))
+    return list(picked.split(index.sizes, dim=1))
 
 
 def _sdpa(query_rows, key_rows, value_rows, **kwargs) -> torch.Tensor:
@@ -211,24 +228,25 @@ def _sdpa(query_rows, key_rows, value_rows, **kwargs) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, part: MaskedPart, dropout: float, scaling) -> torch.Tensor:
+def _attend(query, key, value, part: PackedKeyMask, dropout: float, scaling) -> torch.Tensor:
     if query.shape[1] == 0 or key.shape[1] == 0:
         return query.new_zeros(query.shape)
-    return _sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling) * part.has_key
+    # rows without a legal key come out as an average of blocked values: the plan's inverse never reads them
+    return _sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling)
 
 
 def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
     """query [batch, query_length, heads, dim], key/value [batch, key_length, kv_heads, dim] -> like query."""
-    text_key, image_key = _take(key, plan.keys, groups)
-    text_value, image_value = _take(value, plan.keys, groups)
-    text_query, other_query = _take(query, plan.queries)
-    (non_image_query,) = _take(query, plan.non_image_queries)
+    text_key, image_key = _gather_packed(key, plan.keys, groups)
+    text_value, image_value = _gather_packed(value, plan.keys, groups)
+    text_query, other_query = _gather_packed(query, plan.queries)
+    (non_image_query,) = _gather_packed(query, plan.non_image_queries)
     if plan.text_causal:
         text_out = _sdpa(text_query, text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)
         own_value = image_value  # prompt pass: the image queries are the image keys, in order
     else:
         text_out = _attend(text_query, text_key, text_value, plan.text_masked, dropout, scaling)
-        (own_value,) = _take(value, plan.own_values, groups)
+        (own_value,) = _gather_packed(value, plan.own_values, groups)
     other_out = _attend(other_query, text_key, text_value, plan.other_masked, dropout, scaling)
     non_image_out = _attend(non_image_query, image_key, image_value, plan.image_masked, dropout, scaling)
     if dropout > 0.0:  # the one attention weight (1.0) of a single-key softmax, dropped out
@@ -236,8 +254,9 @@ def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float
     batch, heads, dim = plan.batch, query.shape[2], query.shape[3]
 
     def scatter(first: torch.Tensor, second: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        both = torch.cat([first, second], dim=1).reshape(-1, heads * dim)
-        # every slot is read at most once; unread (padding) slots get a zero gradient
+        zero_row = first.new_zeros((batch, 1, heads, dim))  # read by the positions with no legal key
+        both = torch.cat([first, second, zero_row], dim=1).reshape(-1, heads * dim)
+        # every slot is read at most once (the zero rows excepted); unread slots get a zero gradient
         return take_rows(both, inverse, inverse).view(batch, plan.query_length, heads, dim)
 
     return scatter(text_out, other_out, plan.text_inverse) + scatter(non_image_out, own_value, plan.image_inverse)
@@ -248,11 +267,12 @@ def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float
 _cache: dict = {}
 
 
-def _cached(token_types: torch.Tensor, query_length: int, dtype, legacy: bool, build):
+def _cached(token_types: torch.Tensor, query_length: int, dtype, kind, build):
     """The plan for these token types, built at the first layer and reused by the rest: the cache
     holds one entry, keyed on the tensor's identity and version (not its values: comparing them
-    would cost what it saves)."""
-    key = (legacy, query_length, dtype, token_types._version)
+    would cost what it saves). `kind`: False the gathered plan, True the legacy masks, "flex"
+    FlexAttention's block masks."""
+    key = (kind, query_length, dtype, token_types._version)
     entry = _cache.get("entry")
     if entry is not None and entry[0] == key and entry[1]() is token_types:
         return entry[2]
@@ -295,15 +315,36 @@ def mmca_attention_forward(module, query, key, value, attention_mask, dropout=0.
     return _mmca(module, query, key, value, attention_mask, dropout, scaling, legacy=False, **kwargs)
 
 
+_flex_notes: list = []  # the CPU note, logged once per process
+
+
+def mmca_flex_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """`mmca` through FlexAttention (models/mmca_flex.py): the prompt pass on a CUDA device. Decoding
+    steps, attention dropout and CPU devices run the gathered form (on CPU, torch 2.13's FlexAttention
+    has no backward, and its compiled forward lost to the gathered form: BENCHMARKS.md)."""
+    token_types = kwargs.get(TOKEN_TYPES_KWARG)
+    if query.device.type != "cuda" and not _flex_notes:
+        _flex_notes.append(log.warning("decoder.attention=mmca_flex runs FlexAttention on CUDA devices only; on "
+                                       "this CPU the gathered form runs (the same function as decoder.attention=mmca)"))
+    if (query.device.type != "cuda" or dropout > 0.0 or token_types is None or query.shape[2] != key.shape[2]
+            or token_types.shape[1] != key.shape[2]):
+        return _mmca(module, query, key, value, attention_mask, dropout, scaling, legacy=False, **kwargs)
+    from .mmca_flex import branch_block_masks, flex_mmca
+
+    masks = _cached(token_types, query.shape[2], query.dtype, "flex", lambda: branch_block_masks(token_types))
+    return flex_mmca(query, key, value, masks, scaling), None
+
+
 def mmca_legacy_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     return _mmca(module, query, key, value, attention_mask, dropout, scaling, legacy=True, **kwargs)
 
 
-MMCA_IMPLEMENTATIONS = {"mmca": mmca_attention_forward, "mmca_legacy": mmca_legacy_attention_forward}
+MMCA_IMPLEMENTATIONS = {"mmca": mmca_attention_forward, "mmca_legacy": mmca_legacy_attention_forward,
+                        "mmca_flex": mmca_flex_attention_forward}
 
 
 def register_attention() -> None:
-    """Make these functions transformers' `mmca` / `mmca_legacy`. The registry is global: loading an
+    """Make these functions transformers' `mmca` / `mmca_legacy` / `mmca_flex`. The registry is global: loading an
     export folder's copy of this file (trust_remote_code) registers that copy's functions, with their
     own mask cache, in their place."""
     for name, function in MMCA_IMPLEMENTATIONS.items():

@@ -40,9 +40,9 @@ def init_process_group() -> None:
         skip_cpu_shm_comm_build()
     # DeepSpeed's comm layer wraps the group now, not at initialize: zero.Init (model
     # construction under ZeRO-3) reads the world size from it before the engine exists.
-    import deepspeed
+    from dsvl_exp.training.deepspeed_import import import_deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    import_deepspeed().init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
 
 
 def process_group_timeout():
@@ -60,6 +60,9 @@ def skip_cpu_shm_comm_build() -> None:
     at initialize, in every rank. Only `inference_all_reduce` (tensor-parallel inference) uses
     it; training collectives go through torch.distributed (gloo) either way. Mark the op
     unavailable, which is what DeepSpeed itself does on machines that cannot build it."""
+    from dsvl_exp.training.deepspeed_import import import_deepspeed
+
+    import_deepspeed()  # before `deepspeed.ops` imports the package the slow way
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 

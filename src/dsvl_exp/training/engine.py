@@ -6,12 +6,14 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import deepspeed
 import torch
 from torch import nn
 from transformers import get_scheduler
 
 from dsvl_exp.errors import ConfigError
+from dsvl_exp.training.deepspeed_import import import_deepspeed
+
+deepspeed = import_deepspeed()
 
 
 def deepspeed_config(
