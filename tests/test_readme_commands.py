@@ -130,18 +130,21 @@ def free_port() -> int:
 # -------------------------------------------------------------------------------------------------
 
 
-def readme_commands() -> list[str]:
-    """Every command line in the documents' shell blocks and inline code, in order, each once."""
-    commands = []
+def command_lines() -> list[str]:
+    """Every line of the documents' shell blocks and inline code, in reading order, comments dropped."""
+    lines = []
     for document in DOCUMENTS:
         text = (REPO / document).read_text()
         for language, block in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
             if language in ("bash", "sh", "shell", ""):
-                commands += re.sub(r"\\\n\s*", " ", block).splitlines()
-        commands += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
-    cleaned = (" ".join(shlex.split(line, comments=True)) if "#" in line else " ".join(line.split())
-               for line in commands)
-    return list(dict.fromkeys(c for c in cleaned if COMMAND_START.match(c)))
+                lines += re.sub(r"\\\n\s*", " ", block).splitlines()
+        lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return [" ".join(shlex.split(line, comments=True)) if "#" in line else " ".join(line.split()) for line in lines]
+
+
+def readme_commands() -> list[str]:
+    """Every command line in the documents' shell blocks and inline code, in order, each once."""
+    return list(dict.fromkeys(line for line in command_lines() if COMMAND_START.match(line)))
 
 
 def appended(command: str) -> list[str]:
