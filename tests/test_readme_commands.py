@@ -143,8 +143,13 @@ def command_lines() -> list[str]:
 
 
 def readme_commands() -> list[str]:
-    """Every command line in the documents' shell blocks and inline code, in order, each once."""
-    return list(dict.fromkeys(line for line in command_lines() if COMMAND_START.match(line)))
+    """Every command line in the documents' shell blocks and inline code, in order, each once (a
+    command written with `MODEL` is the one written with the run it stands for, runs/my_run)."""
+    first_of: dict[str, str] = {}
+    for line in command_lines():
+        if COMMAND_START.match(line):
+            first_of.setdefault(re.sub(r"\bMODEL\b", "runs/my_run", line), line)
+    return list(first_of.values())
 
 
 def appended(command: str) -> list[str]:
