@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import runpy
 import shlex
 import sys
@@ -184,3 +185,13 @@ def test_a_renamed_flag_or_key_fails(tmp_path, capsys, monkeypatch):
     assert ended.value.code == 2
     failures = compose_train_overrides(["optim.lrr=1e-3"], capsys, monkeypatch)
     assert len(failures) == 1 and "optim.lrr" in failures[0] and "exit 2" in failures[0]
+
+
+def test_links_between_the_documents_resolve():
+    from helpers import REPO
+    from test_readme_commands import DOCUMENTS
+
+    broken = [f"{document}: {target}" for document in DOCUMENTS
+              for target in re.findall(r"\]\(([^)#]+)[^)]*\)", (REPO / document).read_text())
+              if not target.startswith(("http://", "https://")) and not (REPO / document).parent.joinpath(target).exists()]
+    assert broken == []
