@@ -45,6 +45,16 @@ TRAIN_MODULES = {"dsvl_exp.train"}
 PLAN_MODULES = {"dsvl_exp.plan"}
 
 
+@pytest.fixture(autouse=True)
+def hydra_config_cleared():
+    """Composing in this process leaves Hydra's HydraConfig set: a later test in the same process
+    would take itself for a Hydra job (repro/jobs.py reads it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None
+
+
 class ArgumentsParsed(BaseException):
     """Raised once a command's parser accepted its arguments: the command stops there. A
     BaseException, so the commands' runner (console.py) does not report it as an error."""
