@@ -30,7 +30,7 @@ test-fresh-venv: setup
 	DSVL_TEST_FRESH_VENV=1 $(PY) -m pytest -q tests/test_fresh_venv.py
 
 # lmms-eval beside this package, in an environment of its own (.venv-lmms; minutes): it pulls a
-# torchvision that does not load beside the CPU torch, removed as the README's "Serve and score" says.
+# torchvision that does not load beside the CPU torch, removed as docs/guide/using-a-model.md ("Serve and score") says.
 LMMS_VENV := .venv-lmms
 LMMS_PY := $(LMMS_VENV)/bin/python
 test-lmms-eval:

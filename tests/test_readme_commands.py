@@ -1,7 +1,11 @@
-"""The README is a test: every shell command in README.md and experiments/README.md that starts
-with `python -m dsvl_exp.`, `dsvl-` or `make` runs as written, in README order, in a temporary
-copy of the checkout (a fresh git repository, so a run's own outputs must not make it dirty),
-and must exit 0.
+"""The documents are a test: every shell command in README.md, the pages under docs/ and
+experiments/README.md that starts with `python -m dsvl_exp.`, `dsvl-` or `make` runs as written,
+in reading order, in a temporary copy of the checkout (a fresh git repository, so a run's own
+outputs must not make it dirty), and must exit 0.
+
+Commands that use what an earlier one made (a run directory, a sweep) run together, in reading
+order, in one case (GROUPS below); every other command is a case of its own, in its own copy of
+the checkout, so the cases can run in parallel (pytest-xdist).
 
 Everything this test changes about a command is in the one block below: settings appended to
 commands that would train for long, placeholders (`MODEL`, `<date>/<time>`) filled with what the
@@ -24,7 +28,10 @@ import pytest
 
 from helpers import REPO
 
-DOCUMENTS = ("README.md", "experiments/README.md")
+# Reading order: a group's commands run in this order (the README's tour first).
+GUIDE_PAGES = ("running", "configuration", "data", "checkpoints", "distributed", "sweeps", "using-a-model", "export",
+               "planning", "performance", "index")
+DOCUMENTS = ("README.md", *(f"docs/guide/{page}.md" for page in GUIDE_PAGES), "docs/design.md", "experiments/README.md")
 COMMAND_START = re.compile(r"^(python -m dsvl_exp\.|dsvl-|make\b)")
 
 # ---- the one place where the test departs from the README ---------------------------------------
@@ -36,7 +43,15 @@ APPENDED = [  # (commands matching, settings appended at the end: the last value
     (r"hparams_search=optuna|experiment=lr_search", ("hydra.sweeper.n_trials=2",)),
     (r"^make demo$", ("DEMO_ARGS=" + " ".join(SHORT_RUN),)),
 ]
+GROUPS = [  # (commands matching, case): commands that read what an earlier one of the same case wrote
+    (r"runs/my_run|\bMODEL\b|tasks/", "a trained run (runs/my_run): chat, evaluate, serve, export, reproduce"),
+    (r"runs/long|runs/other", "resume"),
+    (r"lr_search", "the lr_search sweep and its review"),
+    (r"projection_attention_ablation", "the projection_attention_ablation sweep and its report"),
+    (r"outputs/default/<|RUN_A|^python -m dsvl_exp\.train( zero=3)?$", "two default runs and their diff"),
+]
 SKIPPED = {  # command (as written) -> why it cannot run here
+    "make test-quick": "the quick subset of the suite, which holds the checks of this file",
     "make test": "the whole suite, which runs this test",
     "dsvl-export": "names the console script; `python -m dsvl_exp.export` runs below",
     "dsvl-train zero=<TAB>": "keys typed at a shell with completion installed, not a command",
@@ -70,7 +85,7 @@ SKIPPED = {  # command (as written) -> why it cannot run here
 # are up (then they are stopped).
 # diff exits 1 when the runs differ in meaning (documented): the README's examples compare different runs.
 EXIT_STATUSES = {r"^python -m dsvl_exp\.diff\b": (0, 1)}
-STDIN = {r"^python -m dsvl_exp\.chat MODEL$": "/quit\n"}
+STDIN = {r"^python -m dsvl_exp\.chat (MODEL|runs/my_run)$": "/quit\n"}
 READY_LINE = {r"^python -m dsvl_exp\.serve\b": "serving", r"^dsvl-api\b": "serving"}
 COMMAND_TIMEOUT_S = 600
 
@@ -115,18 +130,26 @@ def free_port() -> int:
 # -------------------------------------------------------------------------------------------------
 
 
-def readme_commands() -> list[str]:
-    """Every command line in the documents' shell blocks and inline code, in order, each once."""
-    commands = []
+def command_lines() -> list[str]:
+    """Every line of the documents' shell blocks and inline code, in reading order, comments dropped."""
+    lines = []
     for document in DOCUMENTS:
         text = (REPO / document).read_text()
         for language, block in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
             if language in ("bash", "sh", "shell", ""):
-                commands += re.sub(r"\\\n\s*", " ", block).splitlines()
-        commands += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
-    cleaned = (" ".join(shlex.split(line, comments=True)) if "#" in line else " ".join(line.split())
-               for line in commands)
-    return list(dict.fromkeys(c for c in cleaned if COMMAND_START.match(c)))
+                lines += re.sub(r"\\\n\s*", " ", block).splitlines()
+        lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return [" ".join(shlex.split(line, comments=True)) if "#" in line else " ".join(line.split()) for line in lines]
+
+
+def readme_commands() -> list[str]:
+    """Every command line in the documents' shell blocks and inline code, in order, each once (a
+    command written with `MODEL` is the one written with the run it stands for, runs/my_run)."""
+    first_of: dict[str, str] = {}
+    for line in command_lines():
+        if COMMAND_START.match(line):
+            first_of.setdefault(re.sub(r"\bMODEL\b", "runs/my_run", line), line)
+    return list(first_of.values())
 
 
 def appended(command: str) -> list[str]:
@@ -178,24 +201,42 @@ def run_command(command: str, cwd: Path, env: dict) -> tuple[int, str, float]:
     return process.wait(), "".join(output)[-8000:], time.monotonic() - started
 
 
-def test_the_table_names_only_commands_the_readme_has():
+def command_cases() -> list[tuple[str, list[str]]]:
+    """The commands that run, as cases: each GROUPS entry's commands together (reading order), every
+    other command alone."""
+    cases: dict[str, list[str]] = {}
+    for command in readme_commands():
+        if command not in SKIPPED:
+            group = next((name for pattern, name in GROUPS if re.search(pattern, command)), command)
+            cases.setdefault(group, []).append(command)
+    return list(cases.items())
+
+
+def test_the_table_names_only_commands_the_documents_have():
     commands = readme_commands()
     assert len(commands) > 30 and "python -m dsvl_exp.train" in commands and "make demo" in commands
     assert sorted(set(SKIPPED) - set(commands)) == []  # a skip reason for a command no longer there
+    grouped = dict(command_cases())
+    assert [name for _, name in GROUPS if len(grouped.get(name, [])) < 2] == []  # a group with no use left
+    print("\n".join(f"skipped: {command}  ({SKIPPED[command]})" for command in commands if command in SKIPPED))
+
+
+def test_every_document_is_read():
+    pages = {str(path.relative_to(REPO)) for path in (REPO / "docs").rglob("*.md")}
+    assert sorted(pages - set(DOCUMENTS)) == []  # a new page: add it to GUIDE_PAGES in reading order
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_every_readme_command_runs_as_written(tmp_path):
+@pytest.mark.parametrize("commands", [commands for _, commands in command_cases()],
+                         ids=[re.sub(r"[^\w.=-]+", "_", name)[:60] for name, _ in command_cases()])
+def test_every_documented_command_runs_as_written(commands, tmp_path):
     checkout = make_checkout_copy(tmp_path / "checkout")
     prepare_inputs(checkout)
     env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "DSVL_CACHE_DIR": str(tmp_path / "cache")}
     failures, timings = [], []
-    for command in readme_commands():
-        if command in SKIPPED:
-            print(f"skipped: {command}  ({SKIPPED[command]})")
-            continue
+    for command in commands:
         try:
             filled = " ".join([fill_placeholders(command, checkout), *map(shlex.quote, appended(command))])
         except AssertionError as missing:  # what it needs was not made: an earlier command failed

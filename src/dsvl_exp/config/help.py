@@ -24,5 +24,5 @@ def print_help(usage: str, config_dir: str) -> None:
     print("\nConfig groups (choose one with group=option):")
     for group, options in config_groups(config_dir).items():
         print(f"  {group}: {', '.join(options)}")
-    print("\nEvery key can be set as key=value (see README, 'Configuration'). Show the composed config "
+    print("\nEvery key can be set as key=value (see docs/guide/configuration.md). Show the composed config "
           "with --cfg job; Hydra's own flags with --hydra-help.")

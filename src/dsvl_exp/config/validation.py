@@ -91,7 +91,7 @@ def check_dataset_paths(cfg: DictConfig) -> None:
     data = cfg.data
     if OmegaConf.is_missing(data, "data_path"):
         raise ConfigError("data.data_path is not set: this data config reads the reference datasets from their "
-                          "original layouts under one root. Set data.data_path=<root> (README: Data).")
+                          "original layouts under one root. Set data.data_path=<root> (docs/guide/data.md).")
     if data.data_path:
         return
     for split in ("train", "eval"):
