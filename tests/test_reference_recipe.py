@@ -31,7 +31,7 @@ def test_composes_to_the_run_7b_settings():
     cfg = compose_reference("data.data_path=/data/dsvl")
     assert cfg.vision.pretrained == "openai/clip-vit-large-patch14"
     assert cfg.decoder.pretrained == "meta-llama/Llama-2-7b-hf" and cfg.decoder.attention == "mmca"
-    assert cfg.projection._target_.endswith("build_baseline_projection")
+    assert cfg.projection._target_.endswith("baseline_projection_after")
     assert cfg.zero.stage == 3 and cfg.train.gradient_checkpointing
     assert [d.format for d in cfg.data.train] == REFERENCE_DATASETS
     assert [d.concatenate for d in cfg.data.train] == [3, 2, 1, 1, 1, 1, 1, 1, 1]

@@ -27,6 +27,7 @@ from dsvl_exp.config.choices import (
     OnMissingImage,
     Precision,
     Scheduler,
+    SingleRankZero,
     StartMethod,
     WandbMode,
 )
@@ -80,17 +81,17 @@ class LlamaDecoderConfig:
 
 @dataclass
 class BaselineProjectionConfig:
-    _target_: str = "dsvl_exp.models.projection.build_baseline_projection"
+    _target_: str = "dsvl_exp.models.projection.baseline_projection_after"
 
 
 @dataclass
 class ViTProjectionConfig:
-    _target_: str = "dsvl_exp.models.projection.build_vit_projection"
+    _target_: str = "dsvl_exp.models.projection.vit_projection_after"
 
 
 @dataclass
 class PerceiverProjectionConfig:
-    _target_: str = "dsvl_exp.models.projection.build_perceiver_projection"
+    _target_: str = "dsvl_exp.models.projection.perceiver_projection_after"
     num_queries: int = 16  # a square grid; 256 (16x16) in the reference
 
 
@@ -136,6 +137,10 @@ class ZeroConfig:
     stage3_param_persistence_threshold: int = 10_000
     stage3_max_live_parameters: int = 30_000_000
     stage3_prefetch_bucket_size: int = 5_000_000
+    # One rank has nothing to partition: ZeRO-2's per-parameter gradient hooks cost the tiny
+    # default ~34 % of its step (BENCHMARKS.md), so stage0 runs it as DeepSpeed's stage 0 (same
+    # losses; the manifest's derived.zero_stage says which ran). A resume keeps the checkpoint's stage.
+    single_rank: SingleRankZero = SingleRankZero.stage0
 
 
 @dataclass

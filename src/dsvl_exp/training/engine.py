@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -21,8 +22,11 @@ def deepspeed_config(
     world_size: int,
     precision: str,
     gradient_clipping: float,
+    resumes_partitioned: bool | None = None,
 ) -> dict:
-    stage = int(zero["stage"])
+    """`resumes_partitioned`: whether the checkpoint this run resumes holds ZeRO partition files
+    (None: a fresh run); see `engine_stage`."""
+    stage = engine_stage(zero, world_size, precision, resumes_partitioned)
     zero_optimization = {
         "stage": stage,
         "overlap_comm": zero["overlap_comm"],
@@ -61,6 +65,29 @@ def deepspeed_config(
         "steps_per_print": 10**9,  # the loop logs; keep DeepSpeed's own printing quiet
         "wall_clock_breakdown": False,
     }
+
+
+def engine_stage(zero: dict, world_size: int, precision: str, resumes_partitioned: bool | None) -> int:
+    """The ZeRO stage the engine runs: the configured one, or 0 where `zero.single_rank=stage0`
+    and one fp32 rank of ZeRO-2 without offload has nothing to partition (stage 0 steps the same
+    AdamW on the same gradients without ZeRO-2's per-parameter gradient hooks). A resumed run
+    keeps the layout of its checkpoint: a ZeRO-2 checkpoint's optimizer state is in partition
+    files a stage-0 engine cannot read, and a stage-0 one has none for ZeRO-2 to read."""
+    configured = int(zero["stage"])
+    if configured != 2:
+        return configured
+    if resumes_partitioned is not None:
+        return 2 if resumes_partitioned else 0
+    fits = world_size == 1 and precision == "fp32" and zero.get("offload_optimizer", "none") == "none"
+    return 0 if fits and zero.get("single_rank") == "stage0" else 2
+
+
+def holds_zero_partitions(checkpoint: Path | None) -> bool | None:
+    """Whether a checkpoint tag folder was written by a ZeRO (1-3) engine: its optimizer state is
+    in `*optim_states.pt` partition files (a stage-0 engine keeps it in the model states file)."""
+    if checkpoint is None:
+        return None
+    return any(Path(checkpoint).glob("*optim_states.pt"))
 
 
 @contextmanager
@@ -139,13 +166,9 @@ def build_engine(
     warmup_steps: int,
     ds_config: dict,
     fused: bool | None = None,
-    single_rank_fast_path: bool = False,
 ):
     """`fused`: torch's fused AdamW kernel (None: wherever torch has one for the parameters'
-    device); `single_rank_fast_path`: one rank and ZeRO-2 without offload runs as stage 0."""
-    if single_rank_fast_path and ds_config["zero_optimization"]["stage"] == 2 and ds_config["train_batch_size"] == (
-            ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"]) and "offload_optimizer" not in ds_config["zero_optimization"]:
-        ds_config = {**ds_config, "zero_optimization": {**ds_config["zero_optimization"], "stage": 0}}
+    device)."""
     if fused is None:
         fused = fused_adamw_available(groups)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
@@ -154,7 +177,22 @@ def build_engine(
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
     )
+    if ds_config["zero_optimization"]["stage"] == 0:
+        keep_clipped_gradient_norm(engine)
     return engine, lr_scheduler
+
+
+def keep_clipped_gradient_norm(engine) -> None:
+    """At stage 0 the engine clips fp32 gradients with DeepSpeed's `clip_grad_norm_` but drops the
+    norm it returns, which ZeRO's optimizers keep for `get_global_grad_norm()` (train/grad_norm):
+    keep it here too. The clipping itself is DeepSpeed's, unchanged."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_fp32_gradients() -> None:
+        engine._global_grad_norm = float(clip_grad_norm_(
+            parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+
+    engine.clip_fp32_gradients = clip_fp32_gradients
 
 
 def fused_adamw_available(groups: list[dict]) -> bool:

@@ -42,6 +42,7 @@ from dsvl_exp.training import distributed, resume
 from dsvl_exp.training.engine import (
     build_engine,
     deepspeed_config,
+    holds_zero_partitions,
     model_construction,
     parameter_groups,
     resolve_grad_accum,
@@ -246,7 +247,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     ds_config = deepspeed_config(
         zero=OmegaConf.to_container(cfg.zero, resolve=True), micro_batch_size=cfg.train.micro_batch_size,
         grad_accum=grad_accum, world_size=world, precision=cfg.train.precision,
-        gradient_clipping=cfg.train.gradient_clipping,
+        gradient_clipping=cfg.train.gradient_clipping, resumes_partitioned=holds_zero_partitions(source),
     )
     model, hf_deepspeed_config = setup_model(cfg, tokenizer, ds_config, run_dir)  # noqa: F841 (kept alive)
 
