@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import time
 import types
 
 import torch
+from transformers import get_scheduler
 
 from bench_common import alternate, cpu_description, write_json
 from dsvl_exp.data.template import IGNORE_INDEX
@@ -106,10 +108,9 @@ def engine_step(model, batch, precision="fp32", zero_stage=None, fused=None):
                 single_rank="stage0" if zero_stage is None else "as_configured")
     ds_config = engine_module.deepspeed_config(zero, batch["input_ids"].shape[0], 1, 1, precision, 1.0)
     groups = engine_module.parameter_groups(model, 1e-4, None, 0.0)
-    kwargs = {}
-    if fused is not None:
-        kwargs["fused"] = fused
-    engine, _ = engine_module.build_engine(model, groups, 1e-4, [0.9, 0.95], 1e-8, "constant", 100, 0, ds_config, **kwargs)
+    adamw = functools.partial(torch.optim.AdamW, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = engine_module.build_optimizer(adamw, groups, 1e-4, fused=fused)
+    engine, _ = engine_module.build_engine(model, optimizer, get_scheduler("constant", optimizer), ds_config)
 
     def step():
         out = engine(**batch)

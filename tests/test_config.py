@@ -91,7 +91,7 @@ def test_unknown_keys_are_refused_even_with_plus(override, message):
     ("train.precision=fp64x", "[fp32, bf16, fp16]"),
     ("data.on_missing_image=ignore", "[error, skip]"),
     ("launcher.kind=k8s", "[local, slurm]"),
-    ("optim.scheduler=nope", "[linear, cosine, "),
+    ("optim.scheduler.name=nope", "[linear, cosine, "),
     ("decoder.attention=flash", "[causal, mmca, mmca_legacy]"),
     ("zero.offload_param=disk", "[none, cpu]"),
     ("launcher.start_method=thread", "[spawn, fork, forkserver]"),

@@ -12,7 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = r'''
-import json, sys, torch
+import functools, json, sys, torch
+from transformers import get_scheduler
 from dsvl_exp.training import distributed
 from dsvl_exp.training import engine as engine_module
 torch.set_num_threads(1)
@@ -29,7 +30,12 @@ def model_and_batch():
 def engine_for(model, fused):
     config = engine_module.deepspeed_config(ZERO, 8, 1, 1, "fp32", 1.0)
     groups = [{"params": list(model.parameters()), "weight_decay": 0.01}]
-    return engine_module.build_engine(model, groups, 1e-2, [0.9, 0.95], 1e-8, "constant", 10, 0, config, fused=fused)[0]
+    return make_engine(model, groups, config, fused)
+
+def make_engine(model, groups, config, fused=None):
+    adamw = functools.partial(torch.optim.AdamW, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = engine_module.build_optimizer(adamw, groups, 1e-2, fused=fused)
+    return engine_module.build_engine(model, optimizer, get_scheduler("constant", optimizer), config)[0]
 
 def steps(engine, batch, n):
     losses = []
@@ -65,7 +71,7 @@ def stage0_engine(model, resumes_partitioned=None):
     config = engine_module.deepspeed_config({**ZERO, "single_rank": "stage0"}, 8, 1, 1, "fp32", 1.0,
                                             resumes_partitioned=resumes_partitioned)
     groups = [{"params": list(model.parameters()), "weight_decay": 0.01}]
-    return engine_module.build_engine(model, groups, 1e-2, [0.9, 0.95], 1e-8, "constant", 10, 0, config)[0]
+    return make_engine(model, groups, config)
 
 model, batch = model_and_batch()
 engine = stage0_engine(model)

@@ -35,7 +35,7 @@ def test_composes_to_the_run_7b_settings():
     assert cfg.zero.stage == 3 and cfg.train.gradient_checkpointing
     assert [d.format for d in cfg.data.train] == REFERENCE_DATASETS
     assert [d.concatenate for d in cfg.data.train] == [3, 2, 1, 1, 1, 1, 1, 1, 1]
-    assert (cfg.optim.lr, cfg.train.epochs, cfg.optim.warmup_ratio, cfg.optim.scheduler) == (1e-3, 6, 0.1, "cosine")
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.optim.warmup_ratio, cfg.optim.scheduler.name) == (1e-3, 6, 0.1, "cosine")
     assert (cfg.data.max_seq_len, cfg.train.micro_batch_size, cfg.train.global_batch_size) == (4096, 1, 128)
     assert (cfg.train.precision, cfg.data.eval_split, cfg.seed) == ("fp16", 0.1, 1234)
     assert not cfg.train.vision and not cfg.train.decoder and cfg.train.embeddings and cfg.train.projection

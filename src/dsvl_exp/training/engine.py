@@ -1,16 +1,15 @@
-"""The DeepSpeed engine: its config from the `zero` group, AdamW parameter groups, schedule."""
+"""The DeepSpeed engine: its config from the `zero` group, parameter groups, the client optimizer."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import deepspeed
 import torch
 from torch import nn
-from transformers import get_scheduler
 
 from dsvl_exp.errors import ConfigError
 
@@ -155,25 +154,20 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float, warmup_steps: int | 
     return math.ceil(total_steps * warmup_ratio)
 
 
-def build_engine(
-    model: nn.Module,
-    groups: list[dict],
-    lr: float,
-    betas: list[float],
-    eps: float,
-    scheduler: str,
-    total_steps: int,
-    warmup_steps: int,
-    ds_config: dict,
-    fused: bool | None = None,
-):
-    """`fused`: torch's fused AdamW kernel (None: wherever torch has one for the parameters'
-    device)."""
-    if fused is None:
-        fused = fused_adamw_available(groups)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+def build_optimizer(make_optimizer: Callable[..., torch.optim.Optimizer], groups: list[dict], lr: float,
+                    fused: bool | None = None) -> torch.optim.Optimizer:
+    """`make_optimizer(groups, lr=lr)`: the `optim.optimizer` partial over the project's parameter
+    groups. torch's AdamW gets `fused` (None: its fused kernel wherever torch has one for the
+    parameters' device: one kernel per group instead of a dozen foreach passes)."""
+    keywords = {}
+    if getattr(make_optimizer, "func", None) is torch.optim.AdamW and "fused" not in make_optimizer.keywords:
+        keywords["fused"] = (fused_adamw_available(groups) if fused is None else fused) or None
+    return make_optimizer(groups, lr=lr, **keywords)
+
+
+def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler, ds_config: dict):
+    """The DeepSpeed engine around the client optimizer and its schedule."""
     import_deepspeed_muon_uncompiled()
-    lr_scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
     )
@@ -196,7 +190,7 @@ def keep_clipped_gradient_norm(engine) -> None:
 
 
 def fused_adamw_available(groups: list[dict]) -> bool:
-    """torch's fused AdamW: one kernel per parameter group instead of a dozen foreach passes."""
+    """Whether torch has a fused AdamW kernel for every parameter's device."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
     devices = {p.device.type for group in groups for p in group["params"]}

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
@@ -41,6 +42,7 @@ from dsvl_exp.training import checkpoint as checkpoints
 from dsvl_exp.training import distributed, resume
 from dsvl_exp.training.engine import (
     build_engine,
+    build_optimizer,
     deepspeed_config,
     holds_zero_partitions,
     model_construction,
@@ -168,12 +170,24 @@ def total_steps(max_steps: int | None, epochs: int | None, batches_per_epoch: in
 
 
 def setup_engine(model, optim: DictConfig, max_steps: int, ds_config: dict):
+    """The optimizer and schedule from their `_target_` partials, then the engine around them."""
     groups = parameter_groups(model, optim.lr, optim.embedding_lr, optim.weight_decay)
-    return build_engine(
-        model, groups, lr=optim.lr, betas=list(optim.betas), eps=optim.eps, scheduler=optim.scheduler,
-        total_steps=max_steps, warmup_steps=warmup_steps_for(max_steps, optim.warmup_ratio, optim.warmup_steps),
-        ds_config=ds_config,
-    )
+    optimizer = call_configured("optim.optimizer", optim.optimizer,
+                                lambda make: build_optimizer(make, groups, optim.lr))
+    warmup_steps = warmup_steps_for(max_steps, optim.warmup_ratio, optim.warmup_steps)
+    lr_scheduler = call_configured("optim.scheduler", optim.scheduler, lambda make: make(
+        optimizer=optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps))
+    return build_engine(model, optimizer, lr_scheduler, ds_config)
+
+
+def call_configured(key: str, node: DictConfig, call):
+    """`call(instantiate(node))`, a target that does not exist or refuses its arguments named by key."""
+    log.info("Instantiating %s <%s>", key, node._target_)
+    try:
+        return call(instantiate(node))
+    except (InstantiationException, TypeError) as error:
+        raise ConfigError(f"{key}._target_={node._target_}: {error.__cause__ or error}. Name a class or function "
+                          f"(module.name) that takes these arguments, or pick another option of its group") from None
 
 
 def restore(engine, source: Path | None, trust: bool = False) -> tuple[LoopState, dict]:
