@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import time
 import types
 
 import torch
+from transformers import get_scheduler
 
 from bench_attention import reference_style
 from bench_common import alternate, print_machine_header, write_json
@@ -128,14 +130,15 @@ def build_seed_like(preset: dict) -> DSVLModel:
 
 
 def engine_step(model, batch, precision="fp32", zero_stage=None, fused=None):
-    """One candidate: (step function, engine). zero_stage/fused None: build_engine decides."""
-    zero = dict(ZERO, stage=2 if zero_stage is None else zero_stage)
+    """One candidate: (step function, engine). zero_stage/fused None: the framework decides
+    (zero.single_rank=stage0, the default: one fp32 ZeRO-2 rank runs as stage 0)."""
+    zero = dict(ZERO, stage=2 if zero_stage is None else zero_stage,
+                single_rank="stage0" if zero_stage is None else "as_configured")
     ds_config = engine_module.deepspeed_config(zero, batch["input_ids"].shape[0], 1, 1, precision, 1.0)
     groups = engine_module.parameter_groups(model, 1e-4, None, 0.0)
-    kwargs = {} if zero_stage is None else {"single_rank_fast_path": False}
-    if fused is not None:
-        kwargs["fused"] = fused
-    engine, _ = engine_module.build_engine(model, groups, 1e-4, [0.9, 0.95], 1e-8, "constant", 100, 0, ds_config, **kwargs)
+    adamw = functools.partial(torch.optim.AdamW, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = engine_module.build_optimizer(adamw, groups, 1e-4, fused=fused)
+    engine, _ = engine_module.build_engine(model, optimizer, get_scheduler("constant", optimizer), ds_config)
 
     def step():
         out = engine(**batch)

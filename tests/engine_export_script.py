@@ -7,12 +7,14 @@ layout `<run>/checkpoints/step-NNNNNNNN/` (+ config.yaml, `latest`).
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from transformers import get_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_model import batch_for  # noqa: E402
@@ -20,7 +22,7 @@ from test_model import batch_for  # noqa: E402
 from dsvl_exp.config.schema import register_configs  # noqa: E402
 from dsvl_exp.train import CONFIG_DIR  # noqa: E402
 from dsvl_exp.training import distributed  # noqa: E402
-from dsvl_exp.training.engine import build_engine, deepspeed_config, model_construction, parameter_groups  # noqa: E402
+from dsvl_exp.training.engine import build_engine, build_optimizer, deepspeed_config, model_construction, parameter_groups  # noqa: E402
 from dsvl_exp.training.exporting import export_from_engine  # noqa: E402
 from dsvl_exp.training.model_setup import build_model, configure_training  # noqa: E402
 
@@ -38,8 +40,8 @@ with model_construction(ds_config) as hf_deepspeed_config:  # noqa: F841
     model = build_model(cfg, tokenizer)
 configure_training(model, cfg)
 groups = parameter_groups(model, 1e-2, None, 0.0)
-engine, _ = build_engine(model, groups, lr=1e-2, betas=[0.9, 0.95], eps=1e-8, scheduler="constant", total_steps=2,
-                         warmup_steps=0, ds_config=ds_config)
+optimizer = build_optimizer(partial(torch.optim.AdamW, betas=(0.9, 0.95), eps=1e-8), groups, lr=1e-2)
+engine, _ = build_engine(model, optimizer, get_scheduler("constant", optimizer), ds_config)
 batch = batch_for(tokenizer, model, ["red circle", "two"], [2, 1])
 for _ in range(2):
     loss = engine(**batch).loss

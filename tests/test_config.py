@@ -91,7 +91,7 @@ def test_unknown_keys_are_refused_even_with_plus(override, message):
     ("train.precision=fp64x", "[fp32, bf16, fp16]"),
     ("data.on_missing_image=ignore", "[error, skip]"),
     ("launcher.kind=k8s", "[local, slurm]"),
-    ("optim.scheduler=nope", "[linear, cosine, "),
+    ("optim.scheduler.name=nope", "[linear, cosine, "),
     ("decoder.attention=flash", "[causal, mmca, mmca_legacy, mmca_flex]"),
     ("zero.offload_param=disk", "[none, cpu]"),
     ("launcher.start_method=thread", "[spawn, fork, forkserver]"),
@@ -224,3 +224,34 @@ def test_a_missing_local_pretrained_folder_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"decoder\.pretrained=/nowhere/llama: no such file or folder"):
         compose_cfg("decoder.pretrained=/nowhere/llama")
     assert compose_cfg(f"vision.pretrained={tmp_path}", "decoder.pretrained=org/hub-name").decoder.pretrained == "org/hub-name"
+
+
+def _leaves(node, prefix=""):
+    """key path -> value of a YAML overlay (a list is one value: it replaces the default's list)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_states_only_its_deltas(experiment):
+    """An overlay that restates a default hides what the experiment changes: every group override
+    and every key of experiment/<name>.yaml differs from the value it replaces (the defaults, with
+    the experiment's own group overrides applied)."""
+    path = next(p for root in (CONF, CONF.parents[2] / "experiments") if (p := root / "experiment" / f"{experiment}.yaml").exists())
+    overlay = OmegaConf.to_container(OmegaConf.load(path))
+    base_choices = compose_cfg(hydra=True).hydra.runtime.choices
+    group_overrides = []
+    for entry in overlay.pop("defaults", []):
+        (key, choice), = entry.items()
+        group = key.removeprefix("override /")
+        if not group.startswith("hydra/"):
+            assert str(choice) != base_choices[group], f"{path.name}: override /{group}: {choice} is the default"
+            group_overrides.append(f"{group}={choice}")
+    overlay.pop("hydra", None)  # the sweep's settings: not part of a run's config
+    base = OmegaConf.to_container(compose_cfg(*group_overrides, validate=False), enum_to_str=True)
+    for key, value in _leaves(overlay):
+        default = OmegaConf.select(OmegaConf.create(base), key)
+        assert value != default, f"{path.name}: {key}: {value!r} restates the default"

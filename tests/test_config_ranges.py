@@ -27,8 +27,8 @@ from helpers import REPO
     ("optim.lr=-0.001", r"optim.lr=-0.001 must be greater than 0"),
     ("eval.batch_size=0", r"eval.batch_size=0 must be at least 1"),
     ("lora.decoder.r=0", r"lora.decoder.r=0 must be at least 1"),
-    ("optim.betas=[0.9,1.0]", r"optim.betas=\[0.9, 1.0\]: each beta must be in \[0, 1\)"),
-    ("optim.betas=[-0.1,0.9]", r"optim.betas=\[-0.1, 0.9\]: each beta must be in \[0, 1\)"),
+    ("optim.optimizer.betas=[0.9,1.0]", r"optim.optimizer.betas=\[0.9, 1.0\]: each beta must be in \[0, 1\)"),
+    ("optim.optimizer.betas=[-0.1,0.9]", r"optim.optimizer.betas=\[-0.1, 0.9\]: each beta must be in \[0, 1\)"),
     ("eval.max_new_tokens=0", r"eval.max_new_tokens=0 must be at least 1 while eval.generation=true"),
     ("vision.patch_size=7", r"vision.patch_size=7 does not divide vision.image_size=32"),
     ("train.global_batch_size=16 train.grad_accum=2", r"train.global_batch_size=16 and train.grad_accum=2 are both set"),
@@ -44,7 +44,7 @@ def test_values_outside_their_range_are_refused_naming_the_key(override, message
 def test_values_at_the_edges_of_their_range_are_accepted():
     compose_config("eval.every_n_steps=null", "checkpoint.every_n_steps=null", "checkpoint.keep_last=null",
                    "optim.warmup_steps=0", "train.gradient_clipping=0", "eval.generation=false", "eval.max_new_tokens=0",
-                   "eval.monitor=eval/loss", "train.global_batch_size=16", "optim.betas=[0,0.999]")
+                   "eval.monitor=eval/loss", "train.global_batch_size=16", "optim.optimizer.betas=[0,0.999]")
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused(tmp_path):

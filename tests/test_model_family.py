@@ -7,14 +7,12 @@ from dsvl_exp.models.decoder import build_llama_decoder
 from dsvl_exp.models.dsvl import DSVLModel
 from dsvl_exp.models.freezing import apply_freezing, count_parameters
 from dsvl_exp.models.lora import DECODER_TARGETS, add_lora
-from dsvl_exp.models.projection import build_baseline_projection, build_perceiver_projection, build_vit_projection
+from dsvl_exp.models.projection import build_perceiver_projection
 from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
 from dsvl_exp.models.tokenizer import image_token_id
 from dsvl_exp.models.vision import build_clip_vision_tower
 from dsvl_exp.models.build import build_projection
 from test_model import batch_for
-
-PROJECTIONS = {"baseline": build_baseline_projection, "vit": build_vit_projection, "perceiver": build_perceiver_projection}
 
 
 def build(tokenizer, vision="clip", projection="baseline", attention="causal"):
@@ -26,7 +24,7 @@ def build(tokenizer, vision="clip", projection="baseline", attention="causal"):
     decoder = build_llama_decoder(len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                   max_position_embeddings=512, attention=attention)
     extra = {"num_queries": 4} if projection == "perceiver" else {}
-    proj = build_projection(PROJECTIONS[projection], tower, 32, **extra)
+    proj = build_projection(projection, tower, 32, **extra)
     return DSVLModel(tower, proj, decoder, image_token_id(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
 
 

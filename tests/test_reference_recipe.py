@@ -31,11 +31,11 @@ def test_composes_to_the_run_7b_settings():
     cfg = compose_reference("data.data_path=/data/dsvl")
     assert cfg.vision.pretrained == "openai/clip-vit-large-patch14"
     assert cfg.decoder.pretrained == "meta-llama/Llama-2-7b-hf" and cfg.decoder.attention == "mmca"
-    assert cfg.projection._target_.endswith("build_baseline_projection")
+    assert cfg.projection._target_.endswith("baseline_projection_after")
     assert cfg.zero.stage == 3 and cfg.train.gradient_checkpointing
     assert [d.format for d in cfg.data.train] == REFERENCE_DATASETS
     assert [d.concatenate for d in cfg.data.train] == [3, 2, 1, 1, 1, 1, 1, 1, 1]
-    assert (cfg.optim.lr, cfg.train.epochs, cfg.optim.warmup_ratio, cfg.optim.scheduler) == (1e-3, 6, 0.1, "cosine")
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.optim.warmup_ratio, cfg.optim.scheduler.name) == (1e-3, 6, 0.1, "cosine")
     assert (cfg.data.max_seq_len, cfg.train.micro_batch_size, cfg.train.global_batch_size) == (4096, 1, 128)
     assert (cfg.train.precision, cfg.data.eval_split, cfg.seed) == ("fp16", 0.1, 1234)
     assert not cfg.train.vision and not cfg.train.decoder and cfg.train.embeddings and cfg.train.projection

@@ -82,15 +82,16 @@ def test_resume_auto_survives_a_deleted_latest_and_a_truncated_checkpoint(tmp_pa
     assert "latest is missing; resuming from the newest complete checkpoint" in result.stderr + result.stdout
     assert [m["step"] for m in read_metrics(run_dir) if "train/loss" in m] == [1, 2, 3, 4, 5, 6]  # nothing dropped
 
-    optimizer_file = checkpoint_dir / "step-00000006" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
-    optimizer_file.write_bytes(optimizer_file.read_bytes()[:1000])
+    # one rank runs stage 0 (zero.single_rank): weights and optimizer state are in this one file
+    states_file = checkpoint_dir / "step-00000006" / "mp_rank_00_model_states.pt"
+    states_file.write_bytes(states_file.read_bytes()[:1000])
     refused = train(run_dir, *RUN, "train.max_steps=8", f"resume={checkpoint_dir / 'step-00000006'}")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "optim_states.pt is 1000 bytes" in refused.stderr and f"resume={checkpoint_dir / 'step-00000004'}" in refused.stderr
+    assert "mp_rank_00_model_states.pt is 1000 bytes" in refused.stderr and f"resume={checkpoint_dir / 'step-00000004'}" in refused.stderr
 
     result = train(run_dir, *RUN, "train.max_steps=8", "resume=auto")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "optim_states.pt is 1000 bytes" in result.stderr + result.stdout
+    assert "mp_rank_00_model_states.pt is 1000 bytes" in result.stderr + result.stdout
     assert [m["step"] for m in read_metrics(run_dir) if "train/loss" in m] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert (checkpoint_dir / "latest").read_text() == "step-00000008"
 

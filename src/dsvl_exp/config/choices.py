@@ -54,6 +54,11 @@ class OffloadDevice(Choice):
     cpu = "cpu"
 
 
+class SingleRankZero(Choice):
+    stage0 = "stage0"  # one rank, ZeRO-2, fp32, no offload: DeepSpeed's stage 0 (the same math, no partition hooks)
+    as_configured = "as_configured"  # the stage the zero option names, even on one rank
+
+
 class LauncherKind(Choice):
     local = "local"
     slurm = "slurm"

@@ -42,9 +42,12 @@ def check_optimizer(optim: DictConfig) -> None:
         value = optim.get(key)
         if value is not None and not value > 0:
             raise ConfigError(f"optim.{key}={value} must be greater than 0")
-    betas = list(optim.betas)
+    if optim.optimizer.get("betas") is None:  # an optimizer without betas (optimizer=sgd)
+        return
+    betas = list(optim.optimizer.betas)
     if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
-        raise ConfigError(f"optim.betas={betas}: each beta must be in [0, 1) (two values, e.g. optim.betas=[0.9,0.95])")
+        raise ConfigError(f"optim.optimizer.betas={betas}: each beta must be in [0, 1) "
+                          "(two values, e.g. optim.optimizer.betas=[0.9,0.95])")
 
 
 def check_batch_sizes(cfg: DictConfig) -> None:

@@ -27,6 +27,7 @@ from dsvl_exp.config.choices import (
     OnMissingImage,
     Precision,
     Scheduler,
+    SingleRankZero,
     StartMethod,
     WandbMode,
 )
@@ -80,17 +81,17 @@ class LlamaDecoderConfig:
 
 @dataclass
 class BaselineProjectionConfig:
-    _target_: str = "dsvl_exp.models.projection.build_baseline_projection"
+    _target_: str = "dsvl_exp.models.projection.baseline_projection_after"
 
 
 @dataclass
 class ViTProjectionConfig:
-    _target_: str = "dsvl_exp.models.projection.build_vit_projection"
+    _target_: str = "dsvl_exp.models.projection.vit_projection_after"
 
 
 @dataclass
 class PerceiverProjectionConfig:
-    _target_: str = "dsvl_exp.models.projection.build_perceiver_projection"
+    _target_: str = "dsvl_exp.models.projection.perceiver_projection_after"
     num_queries: int = 16  # a square grid; 256 (16x16) in the reference
 
 
@@ -136,6 +137,10 @@ class ZeroConfig:
     stage3_param_persistence_threshold: int = 10_000
     stage3_max_live_parameters: int = 30_000_000
     stage3_prefetch_bucket_size: int = 5_000_000
+    # One rank has nothing to partition: ZeRO-2's per-parameter gradient hooks cost the tiny
+    # default ~34 % of its step (BENCHMARKS.md), so stage0 runs it as DeepSpeed's stage 0 (same
+    # losses; the manifest's derived.zero_stage says which ran). A resume keeps the checkpoint's stage.
+    single_rank: SingleRankZero = SingleRankZero.stage0
 
 
 @dataclass
@@ -222,13 +227,42 @@ class TrainConfig:
 
 
 @dataclass
+class AdamWConfig:
+    """The optimizer as a partial (lightning-hydra-template's configs/model/mnist.yaml): the engine
+    calls it with the project's parameter groups (decay / no decay, embedding lr) and `lr=optim.lr`
+    (training/engine.py). `optimizer=sgd` swaps it; `optim.optimizer._target_=<class>` names
+    another one that takes these arguments."""
+
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    """Called as `scheduler(optimizer=, num_warmup_steps=, num_training_steps=)` (training/recipe.py)."""
+
+    _target_: str = "transformers.get_scheduler"
+    _partial_: bool = True
+    name: Scheduler = Scheduler.cosine  # transformers' schedules (config/choices.py)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3
     embedding_lr: Optional[float] = None  # the reference's learning_rate_pretraining_components
-    weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    scheduler: Scheduler = Scheduler.cosine  # transformers' schedules (config/choices.py)
+    weight_decay: float = 0.0  # of the decayed parameter group (matrices), 0 for biases and norms
+    optimizer: Any = MISSING  # the `optimizer` group: adamw | sgd
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     warmup_ratio: float = 0.05
     warmup_steps: Optional[int] = None  # overrides warmup_ratio when set
 
@@ -347,5 +381,7 @@ def register_configs() -> None:
     cs.store(group="schema/projection", name="vit", node=ViTProjectionConfig)
     cs.store(group="schema/projection", name="perceiver", node=PerceiverProjectionConfig)
     cs.store(group="schema/zero", name="zero", node=ZeroConfig)
+    cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
     cs.store(group="schema/launcher", name="launcher", node=LauncherConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from dsvl_exp import collectives
 from dsvl_exp.collectives import all_true as all_ranks_true  # noqa: F401 (data/length.py uses this name)
-from dsvl_exp.collectives import barrier, broadcast_object, rank_and_world  # noqa: F401
+from dsvl_exp.collectives import barrier, rank_and_world  # noqa: F401
 
 
 def map_sharded(items: Sequence, work: Callable[[Sequence], list]) -> list:
@@ -25,6 +25,3 @@ def map_sharded(items: Sequence, work: Callable[[Sequence], list]) -> list:
         merged[r::world] = shard
     return merged
 
-
-def broadcast_from_zero(value):
-    return broadcast_object(value, src=0)

@@ -7,7 +7,6 @@ the reference import call them with no run config at all."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -23,31 +22,17 @@ from .resampler import Resampler
 from .vision import CLIPVisionTower, clip_image_processor
 from .vision_tower import VisionTower, check_vision_tower
 
-# What a projection builder may ask of the tower in front of it: parameter name -> the contract
-# attribute it is read from. A builder declares the ones it needs in its signature.
-VISION_INPUTS: dict[str, Callable[[VisionTower], object]] = {
-    "vision_hidden_size": lambda tower: tower.hidden_size,
-    "vision_num_heads": lambda tower: tower.num_heads,
-    "vision_intermediate_size": lambda tower: tower.intermediate_size,
-    "vision_hidden_act": lambda tower: tower.hidden_act,
-    "vision_has_cls_token": lambda tower: tower.has_cls_token,
-    "vision_resamples": lambda tower: tower.resamples,
-}
-
-
 def build_projection(builder: str | Callable[..., nn.Module], vision: VisionTower, decoder_hidden_size: int,
                      **settings) -> nn.Module:
-    """`builder`: a name of `PROJECTION_BUILDERS` or a builder function. It receives the
-    `VISION_INPUTS` its signature names, `decoder_hidden_size`, and `settings` (its own group's
-    values, e.g. `num_queries`)."""
+    """`builder`: a name of `PROJECTION_BUILDERS` or a function called as
+    `builder(vision=..., decoder_hidden_size=..., **settings)` (`settings`: its own group's values,
+    e.g. `num_queries`), as `hydra.utils.instantiate` calls a `projection` group's `_target_`."""
     if isinstance(builder, str):
         if builder not in PROJECTION_BUILDERS:
             raise ValueError(f"projection {builder!r} is not one of {sorted(PROJECTION_BUILDERS)}")
         builder = PROJECTION_BUILDERS[builder]
     check_vision_tower(vision)
-    wanted = inspect.signature(builder).parameters
-    inputs = {name: read(vision) for name, read in VISION_INPUTS.items() if name in wanted}
-    return builder(decoder_hidden_size=decoder_hidden_size, **inputs, **settings)
+    return builder(vision=vision, decoder_hidden_size=decoder_hidden_size, **settings)
 
 
 def projection_architecture(projection: nn.Module) -> dict:

@@ -13,6 +13,7 @@ from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from .resampler import Resampler
+from .vision_tower import VisionTower
 
 
 class BaselineProjection(nn.Module):
@@ -83,9 +84,27 @@ def build_perceiver_projection(vision_hidden_size: int, decoder_hidden_size: int
     )
 
 
-# projection name (config.json's `projection.type`) -> builder; the names of `conf/projection/`
+# ---- the `projection` group's targets -------------------------------------------------------
+# `hydra.utils.instantiate(cfg.projection, vision=tower, decoder_hidden_size=...)` calls one of
+# these: each reads what it needs from the tower's contract (models/vision_tower.py) by name and
+# passes it on to its builder above. A user's own projection takes the same two arguments.
+def baseline_projection_after(vision: VisionTower, decoder_hidden_size: int) -> BaselineProjection:
+    return build_baseline_projection(vision.hidden_size, decoder_hidden_size)
+
+
+def vit_projection_after(vision: VisionTower, decoder_hidden_size: int) -> ViTProjection:
+    return build_vit_projection(vision.hidden_size, decoder_hidden_size, vision.num_heads, vision.intermediate_size,
+                                vision.hidden_act, vision.resamples)
+
+
+def perceiver_projection_after(vision: VisionTower, decoder_hidden_size: int, num_queries: int = 256) -> Resampler:
+    return build_perceiver_projection(vision.hidden_size, decoder_hidden_size, num_queries, vision.has_cls_token,
+                                      vision.resamples)
+
+
+# projection name (config.json's `projection.type`) -> target; the names of `conf/projection/`
 PROJECTION_BUILDERS = {
-    "baseline": build_baseline_projection,
-    "vit": build_vit_projection,
-    "perceiver": build_perceiver_projection,
+    "baseline": baseline_projection_after,
+    "vit": vit_projection_after,
+    "perceiver": perceiver_projection_after,
 }

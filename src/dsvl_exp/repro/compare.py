@@ -59,9 +59,6 @@ class Comparison:
     def verdict_text(self) -> str:
         return VERDICT_TEXT[self.verdict]
 
-    def meaningful_keys(self) -> list[str]:
-        return [d.key for d in self.differences if d.kind == "meaningful"]
-
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "verdict": self.verdict, "verdict_text": self.verdict_text,
                 "differences": [asdict(d) for d in self.differences], "divergence": self.divergence}

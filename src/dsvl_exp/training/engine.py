@@ -1,14 +1,14 @@
-"""The DeepSpeed engine: its config from the `zero` group, AdamW parameter groups, schedule."""
+"""The DeepSpeed engine: its config from the `zero` group, parameter groups, the client optimizer."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import get_scheduler
 
 from dsvl_exp.errors import ConfigError
 from dsvl_exp.training.deepspeed_import import import_deepspeed
@@ -23,8 +23,11 @@ def deepspeed_config(
     world_size: int,
     precision: str,
     gradient_clipping: float,
+    resumes_partitioned: bool | None = None,
 ) -> dict:
-    stage = int(zero["stage"])
+    """`resumes_partitioned`: whether the checkpoint this run resumes holds ZeRO partition files
+    (None: a fresh run); see `engine_stage`."""
+    stage = engine_stage(zero, world_size, precision, resumes_partitioned)
     zero_optimization = {
         "stage": stage,
         "overlap_comm": zero["overlap_comm"],
@@ -63,6 +66,29 @@ def deepspeed_config(
         "steps_per_print": 10**9,  # the loop logs; keep DeepSpeed's own printing quiet
         "wall_clock_breakdown": False,
     }
+
+
+def engine_stage(zero: dict, world_size: int, precision: str, resumes_partitioned: bool | None) -> int:
+    """The ZeRO stage the engine runs: the configured one, or 0 where `zero.single_rank=stage0`
+    and one fp32 rank of ZeRO-2 without offload has nothing to partition (stage 0 steps the same
+    AdamW on the same gradients without ZeRO-2's per-parameter gradient hooks). A resumed run
+    keeps the layout of its checkpoint: a ZeRO-2 checkpoint's optimizer state is in partition
+    files a stage-0 engine cannot read, and a stage-0 one has none for ZeRO-2 to read."""
+    configured = int(zero["stage"])
+    if configured != 2:
+        return configured
+    if resumes_partitioned is not None:
+        return 2 if resumes_partitioned else 0
+    fits = world_size == 1 and precision == "fp32" and zero.get("offload_optimizer", "none") == "none"
+    return 0 if fits and zero.get("single_rank") == "stage0" else 2
+
+
+def holds_zero_partitions(checkpoint: Path | None) -> bool | None:
+    """Whether a checkpoint tag folder was written by a ZeRO (1-3) engine: its optimizer state is
+    in `*optim_states.pt` partition files (a stage-0 engine keeps it in the model states file)."""
+    if checkpoint is None:
+        return None
+    return any(Path(checkpoint).glob("*optim_states.pt"))
 
 
 @contextmanager
@@ -130,37 +156,43 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float, warmup_steps: int | 
     return math.ceil(total_steps * warmup_ratio)
 
 
-def build_engine(
-    model: nn.Module,
-    groups: list[dict],
-    lr: float,
-    betas: list[float],
-    eps: float,
-    scheduler: str,
-    total_steps: int,
-    warmup_steps: int,
-    ds_config: dict,
-    fused: bool | None = None,
-    single_rank_fast_path: bool = False,
-):
-    """`fused`: torch's fused AdamW kernel (None: wherever torch has one for the parameters'
-    device); `single_rank_fast_path`: one rank and ZeRO-2 without offload runs as stage 0."""
-    if single_rank_fast_path and ds_config["zero_optimization"]["stage"] == 2 and ds_config["train_batch_size"] == (
-            ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"]) and "offload_optimizer" not in ds_config["zero_optimization"]:
-        ds_config = {**ds_config, "zero_optimization": {**ds_config["zero_optimization"], "stage": 0}}
-    if fused is None:
-        fused = fused_adamw_available(groups)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+def build_optimizer(make_optimizer: Callable[..., torch.optim.Optimizer], groups: list[dict], lr: float,
+                    fused: bool | None = None) -> torch.optim.Optimizer:
+    """`make_optimizer(groups, lr=lr)`: the `optim.optimizer` partial over the project's parameter
+    groups. torch's AdamW gets `fused` (None: its fused kernel wherever torch has one for the
+    parameters' device: one kernel per group instead of a dozen foreach passes)."""
+    keywords = {}
+    if getattr(make_optimizer, "func", None) is torch.optim.AdamW and "fused" not in make_optimizer.keywords:
+        keywords["fused"] = (fused_adamw_available(groups) if fused is None else fused) or None
+    return make_optimizer(groups, lr=lr, **keywords)
+
+
+def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler, ds_config: dict):
+    """The DeepSpeed engine around the client optimizer and its schedule."""
     import_deepspeed_muon_uncompiled()
-    lr_scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config, dist_init_required=False
     )
+    if ds_config["zero_optimization"]["stage"] == 0:
+        keep_clipped_gradient_norm(engine)
     return engine, lr_scheduler
 
 
+def keep_clipped_gradient_norm(engine) -> None:
+    """At stage 0 the engine clips fp32 gradients with DeepSpeed's `clip_grad_norm_` but drops the
+    norm it returns, which ZeRO's optimizers keep for `get_global_grad_norm()` (train/grad_norm):
+    keep it here too. The clipping itself is DeepSpeed's, unchanged."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_fp32_gradients() -> None:
+        engine._global_grad_norm = float(clip_grad_norm_(
+            parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+
+    engine.clip_fp32_gradients = clip_fp32_gradients
+
+
 def fused_adamw_available(groups: list[dict]) -> bool:
-    """torch's fused AdamW: one kernel per parameter group instead of a dozen foreach passes."""
+    """Whether torch has a fused AdamW kernel for every parameter's device."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
     devices = {p.device.type for group in groups for p in group["params"]}

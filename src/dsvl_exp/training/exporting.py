@@ -105,15 +105,28 @@ def card_summary(step: int, last_train: dict, last_eval: dict) -> dict:
     return {"step": step, **last_train, **last_eval}
 
 
+def checkpoint_weights(folder: Path) -> dict:
+    """The fp32 weights of a tag folder: ZeRO-1/2/3 partitions consolidated by DeepSpeed's
+    zero_to_fp32; a stage-0 checkpoint (one fp32 rank, zero.single_rank=stage0) holds the whole
+    module in its model states file already."""
+    if any(folder.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    import torch
+
+    (model_states,) = folder.glob("mp_rank_*_model_states.pt")
+    return torch.load(model_states, map_location="cpu")["module"]
+
+
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_adapters: bool = False,
                       trust: bool = False) -> Path:
-    """Rebuild the model from the checkpoint's config.yaml, consolidate its ZeRO-2/3 shards in
+    """Rebuild the model from the checkpoint's config.yaml, consolidate its ZeRO-2/3 shards (or read a stage-0 model) in
     fp32 (deepspeed.utils.zero_to_fp32) and write the `from_pretrained` folder. One process, no
     process group. The DeepSpeed files are torch pickles: they are read weights-only
     (training/safe_loading.py) unless `trust`; the export folder itself is safetensors."""
     import json
 
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -128,7 +141,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, keep_ada
         model = build_model(cfg, tokenizer)
     configure_training(model, cfg)  # the same LoRA layers as in training, so the keys match
     with checkpoint_loading(trust, folder):
-        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+        state = checkpoint_weights(folder)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

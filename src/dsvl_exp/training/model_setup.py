@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 
-from hydra.utils import get_method, instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dsvl_exp.models.build import build_projection
+from dsvl_exp.models.vision_tower import check_vision_tower
 from dsvl_exp.models.dsvl import DSVLModel
 from dsvl_exp.models.freezing import apply_freezing, resolve_trainable
 from dsvl_exp.models.lora import DECODER_TARGETS, add_lora
@@ -26,8 +27,11 @@ def build_model(cfg: DictConfig, tokenizer) -> DSVLModel:
     log.info("Instantiating decoder <%s>", cfg.decoder._target_)
     decoder = instantiate(cfg.decoder, vocab_size=len(tokenizer))
     log.info("Instantiating projection <%s>", cfg.projection._target_)
-    settings = {key: value for key, value in OmegaConf.to_container(cfg.projection, resolve=True).items() if key != "_target_"}
-    projection = build_projection(get_method(cfg.projection._target_), vision, decoder.config.hidden_size, **settings)
+    check_vision_tower(vision)
+    try:
+        projection = instantiate(cfg.projection, vision=vision, decoder_hidden_size=decoder.config.hidden_size)
+    except InstantiationException as error:  # the builder's own refusal (a pairing it cannot follow), unwrapped
+        raise error.__cause__ or error
     return DSVLModel(
         vision=vision,
         projection=projection,

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
@@ -43,7 +44,9 @@ from dsvl_exp.training import checkpoint as checkpoints
 from dsvl_exp.training import distributed, resume
 from dsvl_exp.training.engine import (
     build_engine,
+    build_optimizer,
     deepspeed_config,
+    holds_zero_partitions,
     model_construction,
     parameter_groups,
     resolve_grad_accum,
@@ -97,12 +100,24 @@ def total_steps(max_steps: int | None, epochs: int | None, batches_per_epoch: in
 
 
 def setup_engine(model, optim: DictConfig, max_steps: int, ds_config: dict):
+    """The optimizer and schedule from their `_target_` partials, then the engine around them."""
     groups = parameter_groups(model, optim.lr, optim.embedding_lr, optim.weight_decay)
-    return build_engine(
-        model, groups, lr=optim.lr, betas=list(optim.betas), eps=optim.eps, scheduler=optim.scheduler,
-        total_steps=max_steps, warmup_steps=warmup_steps_for(max_steps, optim.warmup_ratio, optim.warmup_steps),
-        ds_config=ds_config,
-    )
+    optimizer = call_configured("optim.optimizer", optim.optimizer,
+                                lambda make: build_optimizer(make, groups, optim.lr))
+    warmup_steps = warmup_steps_for(max_steps, optim.warmup_ratio, optim.warmup_steps)
+    lr_scheduler = call_configured("optim.scheduler", optim.scheduler, lambda make: make(
+        optimizer=optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps))
+    return build_engine(model, optimizer, lr_scheduler, ds_config)
+
+
+def call_configured(key: str, node: DictConfig, call):
+    """`call(instantiate(node))`, a target that does not exist or refuses its arguments named by key."""
+    log.info("Instantiating %s <%s>", key, node._target_)
+    try:
+        return call(instantiate(node))
+    except (InstantiationException, TypeError) as error:
+        raise ConfigError(f"{key}._target_={node._target_}: {error.__cause__ or error}. Name a class or function "
+                          f"(module.name) that takes these arguments, or pick another option of its group") from None
 
 
 def restore(engine, source: Path | None, trust: bool = False) -> tuple[LoopState, dict]:
@@ -197,7 +212,7 @@ class Recipe:
         self.ds_config = deepspeed_config(
             zero=OmegaConf.to_container(cfg.zero, resolve=True), micro_batch_size=cfg.train.micro_batch_size,
             grad_accum=self.grad_accum, world_size=self.world, precision=cfg.train.precision,
-            gradient_clipping=cfg.train.gradient_clipping,
+            gradient_clipping=cfg.train.gradient_clipping, resumes_partitioned=holds_zero_partitions(self.source),
         )
         self.setup_model()
         self.setup_loaders(data)
