@@ -36,6 +36,26 @@ def rendezvous_variables_restored():
             os.environ[name] = value
 
 
+# `make test` runs on pytest-xdist workers: tests/xdist_scheduling.py keeps the tests that share a
+# module- or session-scoped fixture in one worker; each worker checks that rule against what it collected.
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") == "loadgroup":
+        from xdist_scheduling import FixtureSharingScheduling
+
+        return FixtureSharingScheduling(config, log)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from xdist_scheduling import check_file_groups
+
+        missed = check_file_groups(items)
+        if missed:
+            raise pytest.UsageError("tests/xdist_scheduling.py would split these files between workers: "
+                                    + "; ".join(missed))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from dsvl_exp.models.tokenizer import load_tokenizer
