@@ -38,6 +38,7 @@ def rendezvous_variables_restored():
 
 # `make test` runs on pytest-xdist workers: tests/xdist_scheduling.py keeps the tests that share a
 # module- or session-scoped fixture in one worker; each worker checks that rule against what it collected.
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: the suite also runs without it
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") == "loadgroup":
         from xdist_scheduling import FixtureSharingScheduling
