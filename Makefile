@@ -19,11 +19,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m dsvl_exp.train $(DEMO_ARGS)
 
+# Two pytest-xdist workers (the suite alone keeps one core busy); --dist loadgroup keeps the tests
+# that share a module- or session-scoped fixture in one worker (tests/conftest.py marks them).
+# TEST_WORKERS=0 runs in this process, one test after another.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(PARALLEL) --durations=15
 
 test-quick: setup
-	$(PY) -m pytest -q -m "not slow and not multiprocess"
+	$(PY) -m pytest -q $(PARALLEL) -m "not slow and not multiprocess"
 
 # An export folder loaded by transformers alone, in a virtual environment built for the test (minutes).
 test-fresh-venv: setup

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 
-os.environ["WANDB_MODE"] = "disabled"
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["OMP_NUM_THREADS"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from helpers import RENDEZVOUS_VARIABLES, TEST_VARIABLES
+
+os.environ.update(TEST_VARIABLES)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -26,11 +24,7 @@ def cache_dir(tmp_path_factory):
 
 
 # What a process group started inside a test leaves in os.environ (training/distributed.py sets
-# them): a later test's subprocess would take itself for a rank of an external launcher.
-RENDEZVOUS_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
-                        "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-
-
+# them) is removed after the test: with several tests per worker process, the next would inherit it.
 @pytest.fixture(autouse=True)
 def rendezvous_variables_restored():
     saved = {name: os.environ.get(name) for name in RENDEZVOUS_VARIABLES}
@@ -40,6 +34,27 @@ def rendezvous_variables_restored():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+# `make test` runs on pytest-xdist workers: tests/xdist_scheduling.py keeps the tests that share a
+# module- or session-scoped fixture in one worker; each worker checks that rule against what it collected.
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: the suite also runs without it
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") == "loadgroup":
+        from xdist_scheduling import FixtureSharingScheduling
+
+        return FixtureSharingScheduling(config, log)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from xdist_scheduling import check_file_groups
+
+        missed = check_file_groups(items)
+        if missed:
+            raise pytest.UsageError("tests/xdist_scheduling.py would split these files between workers: "
+                                    + "; ".join(missed))
 
 
 @pytest.fixture(scope="session")

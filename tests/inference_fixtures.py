@@ -4,33 +4,17 @@ evaluate and serve tests, and helpers to run those entry points."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_train
+from helpers import run_module, run_train  # noqa: F401  (run_module: imported from here by the inference tests)
 
 # The tiny default learns the synthetic shapes well above the image-blind baselines in this many
 # steps (measured: 0.57 exact match on the synthetic suite vs 0.36 per-question majority; 300 steps
 # gave about 0.50); the final export lands in <run>/export.
 TRAIN_STEPS = 400
-
-
-def entry_point_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-            "GRADIO_ANALYTICS_ENABLED": "False"}
-
-
-def run_module(module: str, *args: str, cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", module, *map(str, args)]
-    result = subprocess.run(command, cwd=cwd, env=entry_point_env(), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -24,7 +23,7 @@ from dsvl_exp.data.template import ChatTemplate
 from dsvl_exp.files import jsonl_records
 from dsvl_exp.inference.cli import UsageError
 from dsvl_exp.models.vision import clip_image_processor
-from helpers import REPO, run_train
+from helpers import run_cli, run_train
 from reference_fixtures import write_image
 
 
@@ -93,10 +92,7 @@ print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_of(data: Path) -> dict:
-    env = {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(data)], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli([sys.executable, "-c", PEAK_SCRIPT, data])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -11,13 +11,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, read_metrics, run_train
+from helpers import read_metrics, run_train, start_cli, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +32,8 @@ def comparable(run_dir: Path) -> list[dict]:
 
 
 def start_train(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dsvl_exp.train", f"hydra.run.dir={run_dir}", "train.progress_bar=false", *overrides]
-    return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_cli(train_command(run_dir, *overrides), cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     text=True)
 
 
 def signal_after_step(process: subprocess.Popen, run_dir: Path, step: int, signum: int, timeout: float = 300) -> str:

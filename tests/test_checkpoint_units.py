@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +19,7 @@ from dsvl_exp.training.interrupt import StopRequest
 from dsvl_exp.training.loop import (BatchStream, LoopSettings, LoopState, NonFiniteLossError, ResumableSampler,
                                    TrainingLoop)
 from dsvl_exp.training.resume import config_differences, refuse_used_run_dir, truncate_metrics
-from helpers import REPO
+from helpers import run_cli
 
 
 def test_resume_shorthand_keeps_the_public_spelling():
@@ -278,11 +275,7 @@ print(json.dumps({"failed": failed, "calls": len(calls), "state": trainer_state,
 def test_a_save_failing_half_way_leaves_the_previous_checkpoint_and_latest(tmp_path):
     script = tmp_path / "save.py"
     script.write_text(INTERRUPTED_SAVE)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(REPO / "src")
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "checkpoints")], env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_cli([sys.executable, script, tmp_path / "checkpoints"], timeout=300)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failed"] and report["calls"] == 2
     assert report["state"] == {"step": 1} and report["restored"]  # `latest` still named step 1, and it loads

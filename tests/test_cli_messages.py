@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import run_module, subprocess_env
 
 
 def test_a_missing_chat_image_is_named_without_sample_wording(tmp_path):
@@ -27,9 +25,7 @@ def test_serve_on_a_busy_port_says_which_flag_to_change(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "dsvl_exp.serve", str(tmp_path), "--port", str(port)],
-                                capture_output=True, text=True, timeout=120,
-                                env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+        result = run_module("dsvl_exp.serve", tmp_path, "--port", port, timeout=120, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"error: port {port} on 127.0.0.1 is in use: pass another with --port "
                                      f"(e.g. --port {port + 1}), or stop the program that holds it")
@@ -57,11 +53,8 @@ def test_chat_script_stdout_is_json_lines_also_when_it_exports_a_checkpoint_firs
     assert not (run_dir / "export").exists() and (run_dir / "checkpoints" / "latest").is_file()
     script = tmp_path / "rounds.jsonl"
     script.write_text('{"question": "What colour is it?"}\n{"question": "And the shape?"}\n')
-    result = subprocess.run([sys.executable, "-m", "dsvl_exp.chat", str(run_dir), "--script", str(script),
-                             "--max-new-tokens", "2"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                                 "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "DSVL_CACHE_DIR": str(tmp_path)})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_module("dsvl_exp.chat", run_dir, "--script", script, "--max-new-tokens", "2", cwd=tmp_path,
+                        env=subprocess_env(DSVL_CACHE_DIR=str(tmp_path)))
     rounds = [json.loads(line) for line in result.stdout.splitlines()]  # every line is JSON
     assert [r["round"] for r in rounds] == [1, 2]
     assert "Reconstructed fp32 state dict" in result.stderr  # zero_to_fp32 printed it on stdout before

@@ -5,15 +5,12 @@ that cannot load (another world size, ZeRO stage or architecture) is refused wit
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import compose_config
 from dsvl_exp.errors import ConfigError
-from helpers import REPO
+from helpers import run_module
 
 
 @pytest.mark.parametrize("override, message", [
@@ -54,10 +51,7 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused(tmp_path):
 
 
 def run_entry_point(cwd, *overrides):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "dsvl_exp.train", "train.progress_bar=false", *overrides], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_module("dsvl_exp.train", "train.progress_bar=false", *overrides, cwd=cwd, timeout=300, check=False)
 
 
 def test_a_broken_experiment_yaml_and_a_run_dir_that_is_a_file_are_one_paragraph(tmp_path):

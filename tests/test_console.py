@@ -3,15 +3,13 @@ every user-facing error class is a UserError, and `--help` answers without impor
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 
 from dsvl_exp.console import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, exit_status
 from dsvl_exp.errors import UserError
-from helpers import REPO
+from helpers import run_cli, run_module
 
 COMMANDS = ("train", "chat", "evaluate", "serve", "export", "diff", "reproduce", "sweep_report")
 
@@ -81,10 +79,7 @@ print("heavy:", ",".join(heavy))
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_answers_without_importing_torch(command):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    result = subprocess.run([sys.executable, "-c", HELP_PROBE, command], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli([sys.executable, "-c", HELP_PROBE, command], timeout=120)
     assert "usage" in result.stdout.lower() or "python -m dsvl_exp.train" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "heavy:", result.stdout[-500:]
 
@@ -96,10 +91,7 @@ def test_help_answers_without_importing_torch(command):
                 "--attention", "causal", "--out", "o"], "--from-dsvl missing.bin: no such file"),
 ])
 def test_user_errors_of_every_command_exit_2_with_one_error_line(tmp_path, command, arguments, message):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    result = subprocess.run([sys.executable, "-m", f"dsvl_exp.{command}", *arguments], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_module(f"dsvl_exp.{command}", *arguments, cwd=tmp_path, timeout=300, check=False)
     assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -2,7 +2,6 @@
 data and tokenizer; the bench script's figures come from the real start-up path."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -13,7 +12,7 @@ from dsvl_exp.data.build import build_conversations
 from dsvl_exp.data.length import fit_to_max_seq_len, lengths_cache_path, round_lengths
 from dsvl_exp.data.template import ChatTemplate
 
-from helpers import REPO
+from helpers import REPO, run_cli, subprocess_env
 from reference_fixtures import write_image
 
 
@@ -62,9 +61,8 @@ def test_bench_startup_two_ranks_cold_and_warm(tmp_path, tokenizer):
     """The bench's 2-rank start-up splits lengths across ranks and gathers them (the script exits
     non-zero when ranks disagree); they equal one process's, and the warm run loads the cache."""
     out = tmp_path / "figures.json"
-    subprocess.run([sys.executable, str(REPO / "scripts/bench_data_startup.py"), "--conversations", "3000", "--images", "5",
-                    "--ranks", "2", "--workdir", str(tmp_path / "w"), "--json", str(out)], check=True, timeout=600,
-                   env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    run_cli([sys.executable, REPO / "scripts/bench_data_startup.py", "--conversations", "3000", "--images", "5",
+             "--ranks", "2", "--workdir", tmp_path / "w", "--json", out], env=subprocess_env(drop=("OMP_NUM_THREADS",)))
     figures = json.loads(out.read_text())["figures"]
     assert [(f["ranks"], f["phase"]) for f in figures] == [(2, "cold"), (2, "warm")]
     assert figures[0]["samples"] == 2997  # 0.1 % held out

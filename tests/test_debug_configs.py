@@ -25,14 +25,9 @@ def test_debug_fast_runs_every_phase_once(tmp_path):
     assert [r["step"] for r in records if "eval/loss" in r] == [1] and "eval/accuracy" in records[-1]
     assert (run_dir / "checkpoints" / "latest").is_file() and (run_dir / "export" / "model.safetensors").is_file()
     # the model card of a later export from the checkpoint says what the run's own export says
-    import subprocess
-    import sys
+    from helpers import run_module, subprocess_env
 
-    from helpers import REPO
-
-    subprocess.run([sys.executable, "-m", "dsvl_exp.export", str(run_dir), "--out", str(tmp_path / "later")], check=True,
-                   env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                        "OMP_NUM_THREADS": "1", "DSVL_CACHE_DIR": str(tmp_path)}, capture_output=True, timeout=600)
+    run_module("dsvl_exp.export", run_dir, "--out", tmp_path / "later", env=subprocess_env(DSVL_CACHE_DIR=str(tmp_path)))
     assert (tmp_path / "later" / "README.md").read_text() == (run_dir / "export" / "README.md").read_text()
 
 

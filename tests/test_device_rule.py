@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from dsvl_exp.inference.cli import UsageError, resolve_device
+from helpers import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,9 +40,8 @@ def test_a_device_that_is_not_there_is_named(monkeypatch, spec, count, rank, mes
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_evaluate_refuses_cuda_on_a_cpu_machine_before_loading_anything(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "dsvl_exp.evaluate", str(tmp_path / "no_model"), "synthetic",
-                             "--device", "cuda"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = run_module("dsvl_exp.evaluate", tmp_path / "no_model", "synthetic", "--device", "cuda", cwd=tmp_path,
+                        timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --device cuda: no GPU is visible here (torch.cuda.is_available() is false); use --device cpu or --device auto"]

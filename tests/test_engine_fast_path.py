@@ -2,12 +2,12 @@
 as the foreach AdamW it replaces, and engine checkpoints that resume exactly."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import run_cli, subprocess_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,11 +101,8 @@ print("RESULT" + json.dumps(result))
 @pytest.fixture(scope="module")
 def engine_results(tmp_path_factory) -> dict:
     tmp_path = tmp_path_factory.mktemp("engines")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "1", "RANK": "0",
-           "LOCAL_RANK": "0"}
-    env.pop("MASTER_PORT", None)
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli([sys.executable, "-c", SCRIPT, tmp_path], env=subprocess_env(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0"),
+                   timeout=300)
     return json.loads(done.stdout.split("RESULT", 1)[1])
 
 

@@ -1,8 +1,6 @@
 """export_from_engine (ZeRO-2 with LoRA, ZeRO-3 over 2 ranks) and `python -m dsvl_exp.export`
 from a checkpoint: DSVLModel.from_pretrained gives the trained engine's logits."""
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -11,17 +9,14 @@ import torch
 from dsvl_exp.export import export_checkpoint
 from dsvl_exp.export import main as export_main
 from dsvl_exp.models.dsvl import DSVLModel
-from helpers import REPO
+from helpers import REPO, run_cli, subprocess_env
 
 SCRIPT = REPO / "tests" / "engine_export_script.py"
 LORA = ("train.decoder=lora", "train.vision=lora", "lora.decoder.r=2", "lora.vision.r=2")
 
 
 def run(command, keep_adapters=False, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "KEEP_ADAPTERS": "1" if keep_adapters else "0"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
+    return run_cli(command, env=subprocess_env(KEEP_ADAPTERS="1" if keep_adapters else "0"), timeout=timeout)
 
 
 def logits_of(folder, expected):

@@ -9,7 +9,6 @@ environment's so nothing is resolved afresh), so it runs when asked: `make test-
 
 import json
 import os
-import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import build_tiny_model
+from helpers import run_cli, subprocess_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,10 +29,13 @@ pytestmark = [
 HERE = Path(__file__).resolve().parent
 
 
+# the fresh environment's processes do not see this checkout's package
+OUTSIDE_THE_CHECKOUT = ("PYTHONPATH",)
+
+
 def pip(python: Path, *requirements: str) -> None:
-    result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
-                            capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_cli([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
+            env=subprocess_env(drop=OUTSIDE_THE_CHECKOUT), timeout=1800)
 
 
 def project_greedy_ids(model, tokenizer, folder: Path) -> list[int]:
@@ -51,7 +54,7 @@ def project_greedy_ids(model, tokenizer, folder: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def fresh_python(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("fresh") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    run_cli([sys.executable, "-m", "venv", venv], env=subprocess_env(drop=OUTSIDE_THE_CHECKOUT), timeout=300)
     python = venv / "bin" / "python"
     pip(python, f"torch=={version('torch')}")  # first and alone: a CPU wheel
     pip(python, f"transformers=={version('transformers')}", f"safetensors=={version('safetensors')}",
@@ -69,14 +72,11 @@ def test_export_loads_with_transformers_alone(fresh_python, tmp_path, tokenizer,
     expected = project_greedy_ids(model, tokenizer, folder)
     assert len(expected) >= 3  # (these seeds' answers do not end at once)
 
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"), OMP_NUM_THREADS="1")
-    result = subprocess.run([str(fresh_python), str(HERE / "fresh_venv_check.py"), str(folder)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    env = subprocess_env(drop=OUTSIDE_THE_CHECKOUT, HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
+    result = run_cli([fresh_python, HERE / "fresh_venv_check.py", folder], cwd=tmp_path, env=env, timeout=900)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["modules"] == []  # nothing of dsvl_exp, deepspeed, hydra or peft was imported
-    assert subprocess.run([str(fresh_python), "-c", "import dsvl_exp"], capture_output=True).returncode != 0
+    assert run_cli([fresh_python, "-c", "import dsvl_exp"], env=env, check=False).returncode != 0
     assert report["greedy"] == expected
     assert report["beam_shape"] == [1, report["prompt_length"] + 4]
     assert report["stopped"] == expected[:3]

@@ -4,13 +4,13 @@ CUDA-event step timing, the MFU peak and the loop's one host read per step with 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 REPO = Path(__file__).resolve().parents[1]
@@ -34,10 +34,7 @@ print("backend:", dist.get_backend())
 def test_ranks_start_cpu_gloo_cuda_nccl_and_nccl_alone_refuses_cpu_tensors(tmp_path):
     script = tmp_path / "backend.py"
     script.write_text(BACKEND_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(REPO / "src")
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli([sys.executable, script], timeout=300)
     assert "refused: No backend type associated with device type cpu" in result.stdout  # what the simulation replays
     assert "backend: cpu:gloo,cuda:nccl" in result.stdout
 

@@ -3,11 +3,10 @@ before it meets a GPU (its GPU run is recorded in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["pytest_gpu", "train_zero2", "train_zero3", "export", "chat", "evaluate", "bench_attention", "bench_train"]
@@ -17,10 +16,8 @@ STEPS = ["pytest_gpu", "train_zero2", "train_zero3", "export", "chat", "evaluate
 @pytest.mark.multiprocess  # one process per step
 def test_gpu_check_script_runs_every_step_in_cpu_mode(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "GPU_CHECK_OUT": str(out), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    result = run_cli(["bash", REPO / "scripts" / "gpu_check.sh", "--cpu"], cwd=tmp_path,
+                     env=subprocess_env(GPU_CHECK_OUT=str(out)), timeout=900)
     table = result.stdout[result.stdout.index("gpu_check on CPU (--cpu)"):].splitlines()
     rows = {line.split()[0]: line.split()[1] for line in table[2:] if line.strip()}
     assert rows == {name: "ok" for name in STEPS}

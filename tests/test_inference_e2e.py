@@ -8,14 +8,14 @@ import os
 import pty
 import re
 import select
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from inference_fixtures import chat_script_answers, entry_point_env, run_module
+from helpers import start_cli
+from inference_fixtures import chat_script_answers, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ class Terminal:
 
     def __init__(self, command, cwd):
         self.fd, child = pty.openpty()
-        self.process = subprocess.Popen(command, stdin=child, stdout=child, stderr=child, cwd=cwd, env=entry_point_env(),
+        self.process = start_cli(command, stdin=child, stdout=child, stderr=child, cwd=cwd,
                                         close_fds=True)
         os.close(child)
         self.seen = ""

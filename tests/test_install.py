@@ -4,9 +4,7 @@ tokenizer, and the entry point finds them through the package. Before: `pip inst
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 import zipfile
@@ -14,13 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-
-
-def run(command: list, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
+from helpers import REPO, run_cli, subprocess_env
 
 
 @pytest.mark.slow
@@ -30,7 +22,7 @@ def test_wheel_install_runs_experiment_smoke_from_any_directory(tmp_path):
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", source],
+    run_cli([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", source],
         cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("dsvl_exp-*.whl")
     shipped = zipfile.ZipFile(wheel).namelist()
@@ -41,23 +33,22 @@ def test_wheel_install_runs_experiment_smoke_from_any_directory(tmp_path):
     # A fresh venv holding only the wheel; the dependencies come from this interpreter's
     # site-packages (a .pth line: plain path, so an editable install's finder there is not loaded).
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    run_cli([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
     python = venv / "bin" / "python"
-    purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).stdout.strip())
+    purelib = Path(run_cli([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).stdout.strip())
     (purelib / "_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], cwd=tmp_path)
+    run_cli([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], cwd=tmp_path)
 
     anywhere = tmp_path / "anywhere"
     anywhere.mkdir()
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "DSVL_EXPERIMENTS_DIR")}
-    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    located = run([python, "-c", "import dsvl_exp; print(dsvl_exp.__file__)"], cwd=anywhere, env=env).stdout
+    env = subprocess_env(drop=("PYTHONPATH", "DSVL_EXPERIMENTS_DIR"))
+    located = run_cli([python, "-c", "import dsvl_exp; print(dsvl_exp.__file__)"], cwd=anywhere, env=env).stdout
     assert located.startswith(str(purelib)), located
-    help_text = run([venv / "bin" / "dsvl-train", "--help"], cwd=anywhere, env=env).stdout
+    help_text = run_cli([venv / "bin" / "dsvl-train", "--help"], cwd=anywhere, env=env).stdout
     assert "Config groups (choose one with group=option):" in help_text and "smoke" in help_text
-    job = run([venv / "bin" / "dsvl-train", "experiment=smoke", "--cfg", "job"], cwd=anywhere, env=env).stdout
+    job = run_cli([venv / "bin" / "dsvl-train", "experiment=smoke", "--cfg", "job"], cwd=anywhere, env=env).stdout
     assert "max_steps: 20" in job
-    run([python, "-m", "dsvl_exp.train", "experiment=smoke", "train.max_steps=2", "eval.generation=false",
+    run_cli([python, "-m", "dsvl_exp.train", "experiment=smoke", "train.max_steps=2", "eval.generation=false",
          "eval.monitor=eval/loss", "train.progress_bar=false"], cwd=anywhere, env=env)
     (metrics,) = (anywhere / "outputs" / "smoke").rglob("metrics.jsonl")
     assert '"train/loss"' in metrics.read_text()

@@ -3,8 +3,6 @@ launcher's argument, the SLURM mapping and the sbatch script the submitit launch
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from hydra.utils import instantiate
 
@@ -62,24 +60,37 @@ def slurm_task(monkeypatch, **changes):
     return rendezvous.slurm_rendezvous_env()
 
 
-def test_slurm_task_maps_to_torch_rank_variables(monkeypatch):
+class HelperAnswer:
+    """What submitit's TorchDistributedEnvironment answers, every field a different value (so a
+    swapped field shows); how submitit derives them (node list, port from the job id) is its own."""
+    rank, local_rank, world_size, local_world_size = 5, 1, 8, 4
+    master_addr, master_port = "gpu003", 41234
+
+
+def test_slurm_task_maps_submitits_answer_to_torch_rank_variables(monkeypatch):
+    import submitit.helpers
+
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", HelperAnswer)
+    assert slurm_task(monkeypatch) == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
+                                       "MASTER_ADDR": "gpu003", "MASTER_PORT": "41234"}
+    assert slurm_task(monkeypatch, MASTER_ADDR="10.0.0.7")["MASTER_ADDR"] == "10.0.0.7"  # a user's address wins
+
+
+def test_the_real_submitit_helper_reads_the_variables_of_a_slurm_task(monkeypatch):
+    """The one contact with the dependency: the task variables above are the ones its helper reads."""
     env = slurm_task(monkeypatch)
-    assert env == {
-        "RANK": "5",
-        "LOCAL_RANK": "1",
-        "WORLD_SIZE": "8",
-        "LOCAL_WORLD_SIZE": "4",
-        "MASTER_ADDR": "gpu003",
-        "MASTER_PORT": str(random.Random("123456").randint(20000, 60000)),  # submitit's rule
-    }
-    # every task of the job computes the same master without talking
-    assert slurm_task(monkeypatch, SLURM_PROCID="0", SLURM_LOCALID="0")["MASTER_PORT"] == env["MASTER_PORT"]
-    assert slurm_task(monkeypatch, MASTER_PORT="29500")["MASTER_PORT"] == "29500"
+    assert {name: env[name] for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")} == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"}
+    assert env["MASTER_ADDR"].startswith("gpu") and env["MASTER_PORT"].isdigit()
 
 
-@pytest.mark.parametrize("node_list, first", [("node17", "node17"), ("gpu[010-012,020],cpu7", "gpu010"), ("a1,b[2-3]", "a1")])
-def test_master_is_the_first_host_of_the_node_list(monkeypatch, node_list, first):
-    assert slurm_task(monkeypatch, SLURM_JOB_NODELIST=node_list)["MASTER_ADDR"] == first
+@pytest.mark.parametrize("missing", ["SLURM_PROCID", "SLURM_JOB_NODELIST", "SUBMITIT_EXECUTOR"])
+def test_a_task_missing_one_slurm_variable_is_refused_naming_it(monkeypatch, missing):
+    for name, value in SLURM_TASK.items():
+        if name != missing:
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv(missing, raising=False)
+    with pytest.raises(UserError, match=f"no submitit SLURM task \\(no {missing}.*hydra/launcher=slurm"):
+        rendezvous.slurm_rendezvous_env()
 
 
 def test_slurm_mapping_outside_slurm_names_what_is_missing(monkeypatch):

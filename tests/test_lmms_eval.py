@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from inference_fixtures import entry_point_env, run_module
+from helpers import run_cli, subprocess_env
+from inference_fixtures import run_module
 from test_openai_api import TOKEN, api_server  # noqa: F401 (the API server fixture)
 
 pytestmark = pytest.mark.slow
@@ -29,9 +29,7 @@ def require_lmms_eval() -> None:
 def lmms_eval_samples(model_args: list[str], task_dir: Path, task: str, out: Path) -> tuple[dict, list[dict]]:
     command = [sys.executable, "-m", "lmms_eval", *model_args, "--tasks", task, "--include_path", str(task_dir), "--output_path", str(out),
                "--log_samples"]
-    env = {**entry_point_env(), "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_cli(command, cwd=out.parent, env=subprocess_env(HF_DATASETS_OFFLINE="1"), timeout=900)
     [results_file] = out.rglob("*_results.json")
     [samples_file] = out.rglob(f"*_samples_{task}.jsonl")
     samples = [json.loads(line) for line in samples_file.read_text().splitlines()]

@@ -17,7 +17,8 @@ import pytest
 from dsvl_exp.inference.access import AccessPolicy, UploadError, access_policy
 from dsvl_exp.inference.cli import UsageError
 from dsvl_exp.inference.openai_messages import RequestError, parse_request
-from inference_fixtures import chat_script_answers, entry_point_env
+from helpers import start_cli, subprocess_env
+from inference_fixtures import chat_script_answers
 
 TOKEN = "s3cret-token"
 PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
@@ -105,10 +106,10 @@ def api_server(trained_run, shape_pictures, tmp_path):
     port = free_port()
     log = open(tmp_path / "api.log", "w")
     picture_dir = shape_pictures["circle"].parent
-    process = subprocess.Popen(
+    process = start_cli(
         [sys.executable, "-m", "dsvl_exp.serve", str(trained_run), "--api", "--host", "127.0.0.1", "--port", str(port),
          "--greedy", "--max-new-tokens", "8", "--allow-file-dir", str(picture_dir), "--max-upload-mb", "0.05"],
-        cwd=tmp_path, env={**entry_point_env(), "DSVL_SERVE_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path, env=subprocess_env(DSVL_SERVE_TOKEN=TOKEN), stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 180
@@ -220,10 +221,10 @@ def test_the_page_asks_for_the_token_and_limits_uploads(trained_run, tmp_path):
 
     port = free_port()
     log = open(tmp_path / "page.log", "w")
-    process = subprocess.Popen(
+    process = start_cli(
         [sys.executable, "-m", "dsvl_exp.serve", str(trained_run), "--host", "127.0.0.1", "--port", str(port),
          "--max-upload-mb", "0.01"],
-        cwd=tmp_path, env={**entry_point_env(), "DSVL_SERVE_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path, env=subprocess_env(DSVL_SERVE_TOKEN=TOKEN), stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

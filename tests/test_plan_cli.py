@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import run_cli, run_module, subprocess_env
 from dsvl_exp.models.flops import flop_counts, step_flops
 from dsvl_exp.plan import run
 
@@ -62,10 +60,8 @@ def test_full_fine_tune_on_one_card_does_not_fit_and_names_cheaper_changes(capsy
 
 @pytest.mark.slow
 def test_tiny_default_epoch_time_from_its_data(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DSVL_CACHE_DIR": str(tmp_path / "cache")}  # no length cache yet
-    result = subprocess.run([sys.executable, "-m", "dsvl_exp.plan", "--json"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = subprocess_env(DSVL_CACHE_DIR=str(tmp_path / "cache"))  # no length cache yet
+    result = run_module("dsvl_exp.plan", "--json", cwd=tmp_path, env=env)
     plan = json.loads(result.stdout)
     time = plan["time"]
     assert time["train_samples"] == 2000 and time["steps_per_epoch"] == 2000 // 8  # micro-batch 8, 1 rank
@@ -88,11 +84,8 @@ def test_flops_are_the_training_logs_formula(capsys):
 
 @pytest.mark.slow
 def test_sweep_prints_one_row_per_job(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    command = [sys.executable, "-m", "dsvl_exp.plan", "-m", "zero=2,3", "train.micro_batch_size=1,2,4,8",
-               "experiment=dsvl_7b_reference", "--gpus", "8"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_module("dsvl_exp.plan", "-m", "zero=2,3", "train.micro_batch_size=1,2,4,8", "experiment=dsvl_7b_reference",
+                        "--gpus", "8", cwd=tmp_path)
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("zero=")]
     assert [row[:2] for row in rows] == [[f"zero={z}", f"train.micro_batch_size={m}"] for z in (2, 3) for m in (1, 2, 4, 8)]
     totals = [float(row[2]) for row in rows]
@@ -116,22 +109,16 @@ def test_epoch_time_uses_the_length_cache_a_run_wrote(tmp_path):
     """After a run has cached its data's lengths, plan reads all of them instead of a sample."""
     from helpers import run_train
 
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DSVL_CACHE_DIR": str(tmp_path / "cache")}
+    env = subprocess_env(DSVL_CACHE_DIR=str(tmp_path / "cache"))
     plan_command = [sys.executable, "-m", "dsvl_exp.plan", "experiment=smoke", "--json"]
-    before = subprocess.run(plan_command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert before.returncode == 0, before.stderr[-3000:]
+    before = run_cli(plan_command, cwd=tmp_path, env=env)
     assert "no length cache yet" in json.loads(before.stdout)["time"]["data"]
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    os.environ["DSVL_CACHE_DIR"], saved = str(tmp_path / "cache"), os.environ["DSVL_CACHE_DIR"]
-    try:
-        run_train(run_dir, "experiment=smoke", "train.max_steps=1", "eval.every_n_steps=null", "eval.generation=false",
-                  "eval.monitor=eval/loss", "checkpoint.export=false")
-    finally:
-        os.environ["DSVL_CACHE_DIR"] = saved
-    after = subprocess.run(plan_command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert after.returncode == 0, after.stderr[-3000:]
+    run_train(run_dir, "experiment=smoke", "train.max_steps=1", "eval.every_n_steps=null", "eval.generation=false",
+              "eval.monitor=eval/loss", "checkpoint.export=false", env=env)
+    after = run_cli(plan_command, cwd=tmp_path, env=env)
     time = json.loads(after.stdout)["time"]
     assert time["data"].startswith("length cache lengths-train-") and time["train_samples"] == 64  # synthetic_small
     assert time["steps_per_epoch"] == 64 // 8

@@ -7,14 +7,11 @@ a frozen vision tower and bf16 weights, so the partitioning rules are exercised,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import compose_config
-from helpers import REPO
+from helpers import run_module
 from dsvl_exp.planning.architecture import meta_model, run_vocabulary
 from dsvl_exp.planning.model_states import model_states
 
@@ -33,11 +30,8 @@ def planned(stage: int, ranks: int):
 def check_against_engine(tmp_path, ranks: int) -> None:
     """One multirun over zero=2,3 (one process start for both stages)."""
     sweep_dir = tmp_path / f"ranks{ranks}"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dsvl_exp.train", "-m", "zero=2,3", f"hydra.sweep.dir={sweep_dir}",
-               "train.progress_bar=false", *ODD_TINY_RUN, f"launcher.nproc_per_node={ranks}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_module("dsvl_exp.train", "-m", "zero=2,3", f"hydra.sweep.dir={sweep_dir}", "train.progress_bar=false",
+                        *ODD_TINY_RUN, f"launcher.nproc_per_node={ranks}", cwd=tmp_path)
     for job, stage in enumerate((2, 3)):
         plan = planned(stage, ranks)
         for rank in range(ranks):

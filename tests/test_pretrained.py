@@ -55,7 +55,7 @@ def test_train_from_pretrained_folders_freezes_like_the_reference(pretrained_dir
     # vision and decoder frozen; projection and the embedding table train
     counts = json.loads((run_dir / "parameters.json").read_text())
     assert counts["vision"]["trainable"] == 0 and counts["decoder"]["trainable"] == 0
-    assert counts["vision"]["total"] > 0 and counts["decoder"]["total"] > 0
+    assert counts["vision"]["total"] == 48192 and counts["decoder"]["total"] == 49600  # the folders' tiny models
     assert counts["embeddings"]["trainable"] == 515 * 40
     assert counts["projection"]["trainable"] == 48 * 40 + 40 + 2 * 40
-    assert read_metrics(run_dir)[-1]["eval/loss"] > 0
+    assert read_metrics(run_dir)[-1]["eval/loss"] == pytest.approx(6.049902, rel=1e-4)  # seeded, measured

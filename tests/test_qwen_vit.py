@@ -1,7 +1,6 @@
 """The Qwen-VL tower: Qwen-VL's parameter names, strict loading, extraction from a checkpoint."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -10,7 +9,7 @@ from safetensors.torch import save_file
 
 from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
 from dsvl_exp.models.resampler import sincos_2d
-from helpers import REPO
+from helpers import REPO, run_cli
 
 TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_size=48, output_dim=64, num_queries=16)
 
@@ -85,9 +84,7 @@ def test_extract_then_load_strictly(tmp_path, sharded_format, out_flag):
     reference = build_qwen_vision_tower(**TINY).model.eval()
     source, output = tmp_path / "Qwen-VL-Chat", tmp_path / "qwen_vit"
     fake_qwen_vl_checkpoint(source, reference, sharded_format)
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "extract_qwen_vl.py"), str(source), str(output), *out_flag],
-                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
-    assert result.returncode == 0, result.stderr
+    run_cli([sys.executable, REPO / "scripts" / "extract_qwen_vl.py", source, output, *out_flag])
     assert (output / ("pytorch_model.bin" if out_flag else "model.safetensors")).exists()
     assert json.loads((output / "vision_config.json").read_text()) == TINY
     torch.manual_seed(2)  # a different random init: only the loaded weights can make outputs equal

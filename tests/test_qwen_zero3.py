@@ -1,7 +1,6 @@
 """The Qwen tower built partitioned under ZeRO-3 (zero.Init) still loads its weights strictly."""
 
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from dsvl_exp.models.qwen_vit import build_qwen_vision_tower
-from helpers import REPO
+from helpers import run_cli
 
 TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_size=48, output_dim=64, num_queries=16)
 
@@ -43,9 +42,6 @@ def test_partitioned_tower_loads_strictly(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tmp_path / "io.pt"), port],
-                            capture_output=True, text=True, timeout=300,
-                            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli([sys.executable, "-c", script, tmp_path, tmp_path / "io.pt", port], timeout=300)
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "io.pt.out"), reference(images), atol=1e-6)

@@ -2,10 +2,7 @@
 written here from tiny models) becomes an export folder with the same forward and greedy tokens."""
 
 import logging
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from dsvl_exp.export import main as export_main
 from dsvl_exp.models.dsvl import DSVLModel
 from dsvl_exp.models.reference_import import ReferenceImportError
 from dsvl_exp.models.tokenizer import BUNDLED_TOKENIZER
-from helpers import REPO
+from helpers import run_module
 from test_save_pretrained import logits_and_tokens
 from test_model_family import build
 
@@ -92,10 +89,8 @@ def test_perceiver_through_the_entry_point(tokenizer, hf_folders, tmp_path):
     reference = build(tokenizer, "clip", "perceiver", attention="mmca_legacy")
     reference.image_order = "reversed_legacy"
     torch.save(reference_state_dict(reference, "perceiver", vision_model_level=True), tmp_path / "pytorch_model.bin")
-    result = subprocess.run([sys.executable, "-m", "dsvl_exp.export",
-                             *command(hf_folders, tmp_path / "pytorch_model.bin", "clip", "perceiver", tmp_path / "out")],
-                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_module("dsvl_exp.export", *command(hf_folders, tmp_path / "pytorch_model.bin", "clip", "perceiver",
+                                                    tmp_path / "out"), timeout=300)
     assert "dropped 2 recomputed buffers" in result.stderr
     imported = DSVLModel.from_pretrained(tmp_path / "out")
     assert imported.tokens_per_image == 4

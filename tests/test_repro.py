@@ -5,24 +5,16 @@ Optuna sweep are shared by every test of the module."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+import torch
 import yaml
 
-from helpers import REPO, only_sweep_dir, read_metrics
+from helpers import only_sweep_dir, read_metrics, run_module, subprocess_env
 
 TINY = ["experiment=smoke", "eval.generation=false", "eval.monitor=eval/loss", "train.max_steps=3",
         "train.log_every_n_steps=1", "train.progress_bar=false"]
 SECRET = "do-not-write-this-0123"
-
-
-def run_module(module: str, *arguments: str, cwd, extra_env=None, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +23,14 @@ def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid")
     # as the README writes sweeps: no hydra.sweep.dir, the default multirun/<experiment>/<date>/<time>
     result = run_module("dsvl_exp.train", "-m", "optim.lr=-1.0,0.001,0.002", *TINY,
-                        cwd=root, extra_env={"WANDB_API_KEY": SECRET, "DSVL_SECRET_TOKEN": SECRET})
+                        cwd=root, env=subprocess_env(WANDB_API_KEY=SECRET, DSVL_SECRET_TOKEN=SECRET), check=False)
     return only_sweep_dir(root, "smoke"), result
 
 
 @pytest.fixture(scope="module")
 def optuna_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("optuna")
-    result = run_module("dsvl_exp.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, cwd=root)
+    result = run_module("dsvl_exp.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, cwd=root, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     return only_sweep_dir(root, "smoke"), result
 
@@ -74,7 +66,9 @@ def test_manifest_holds_config_code_environment_derived_values_and_outcome(grid)
     packages = m["environment"]["packages"]
     assert packages["torch"] and packages["deepspeed"] and packages["hydra-core"] == "1.3.8"
     assert any(line.startswith("torch==") for line in (job / "pip-freeze.txt").read_text().splitlines())
-    assert m["hardware"]["cpu_cores"] >= 1 and m["hardware"]["gpus"]["count"] >= 0
+    # the job ran on this machine, so the manifest's hardware is this machine's
+    assert (m["hardware"]["cpu_cores"], m["hardware"]["cpu_cores_usable"]) == (os.cpu_count(), len(os.sched_getaffinity(0)))
+    assert m["hardware"]["gpus"]["count"] == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     derived = m["derived"]
     assert derived["world_size"] == 1 and derived["global_batch_size"] == 8 * 1 * 1
     assert derived["deepspeed_config_final"]["train_batch_size"] == 8
@@ -94,7 +88,7 @@ def test_manifest_holds_config_code_environment_derived_values_and_outcome(grid)
 @pytest.mark.slow
 def test_diff_of_runs_differing_in_lr_names_exactly_optim_lr(grid):
     sweep, _ = grid
-    result = run_module("dsvl_exp.diff", str(sweep / "1"), str(sweep / "2"), "--format", "json", cwd=sweep)
+    result = run_module("dsvl_exp.diff", str(sweep / "1"), str(sweep / "2"), "--format", "json", cwd=sweep, check=False)
     assert result.returncode == 1, result.stderr
     [comparison] = json.loads(result.stdout)
     assert comparison["verdict_text"] == "differs in meaning"
@@ -103,11 +97,11 @@ def test_diff_of_runs_differing_in_lr_names_exactly_optim_lr(grid):
     assert {section for section, _ in meaningful} <= {"config", "overrides", "outcomes"}
     # step 1's update has lr 0 (warmup) and step 2's loss comes before its update: they part at 3
     assert comparison["divergence"]["step"] == 3
-    markdown = run_module("dsvl_exp.diff", str(sweep / "1"), str(sweep / "2"), "--format", "markdown", cwd=sweep)
+    markdown = run_module("dsvl_exp.diff", str(sweep / "1"), str(sweep / "2"), "--format", "markdown", cwd=sweep, check=False)
     assert markdown.stdout.startswith("## differs in meaning") and "| ≠ | `optim.lr` | 0.001 | 0.002 |" in markdown.stdout
-    whole_sweep = run_module("dsvl_exp.diff", str(sweep), "--format", "json", cwd=sweep)
+    whole_sweep = run_module("dsvl_exp.diff", str(sweep), "--format", "json", cwd=sweep, check=False)
     assert whole_sweep.returncode == 1 and len(json.loads(whole_sweep.stdout)) == 2
-    missing = run_module("dsvl_exp.diff", str(sweep), str(sweep / "nope"), cwd=sweep)
+    missing = run_module("dsvl_exp.diff", str(sweep), str(sweep / "nope"), cwd=sweep, check=False)
     assert missing.returncode == 2 and "manifest.json" in missing.stderr
 
 
@@ -115,7 +109,7 @@ def test_diff_of_runs_differing_in_lr_names_exactly_optim_lr(grid):
 def test_reproduce_gives_an_identical_run(grid, tmp_path):
     sweep, _ = grid
     out = tmp_path / "again"
-    result = run_module("dsvl_exp.reproduce", str(sweep / "1"), "--out", str(out), "--format", "json", cwd=tmp_path)
+    result = run_module("dsvl_exp.reproduce", str(sweep / "1"), "--out", str(out), "--format", "json", cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     [comparison] = json.loads(result.stdout)
     assert comparison["verdict"] == "identical", [d for d in comparison["differences"] if d["kind"] != "info"]
@@ -139,7 +133,7 @@ def test_optuna_minimises_the_monitored_loss(optuna_sweep):
 def check_report(sweep, jobs: int):
     from PIL import Image
 
-    result = run_module("dsvl_exp.sweep_report", str(sweep), cwd=sweep)
+    result = run_module("dsvl_exp.sweep_report", str(sweep), cwd=sweep, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (sweep / "report.csv").read_text().splitlines()
     assert len(rows) == 1 + jobs
@@ -176,7 +170,7 @@ def test_sweep_report_on_an_optuna_sweep(optuna_sweep):
 @pytest.mark.slow
 def test_a_sweeper_direction_against_the_monitor_stops_before_any_job(tmp_path):
     # Hydra's Optuna plugin minimises by default; the default monitor is eval/accuracy
-    result = run_module("dsvl_exp.train", "-m", "hydra/sweeper=optuna", cwd=tmp_path)
+    result = run_module("dsvl_exp.train", "-m", "hydra/sweeper=optuna", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "hydra.sweeper.direction=minimize but eval.monitor=eval/accuracy should be maximized" in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.glob("multirun/*/*/*/0"))

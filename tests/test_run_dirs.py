@@ -7,16 +7,13 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from helpers import REPO, only_sweep_dir
+from helpers import REPO, only_sweep_dir, run_module
 
 
 def train(cwd: Path, *arguments: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "dsvl_exp.train", *arguments], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("dsvl_exp.train", *arguments, cwd=cwd, timeout=300, check=False)
 
 
 def snapshot(root: Path) -> dict[str, str]:

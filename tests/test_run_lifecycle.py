@@ -14,7 +14,7 @@ import pytest
 
 from dsvl_exp.training import checkpoint as checkpoints
 from dsvl_exp.training.resume import ResumeError, find_checkpoint
-from helpers import REPO, read_metrics, run_train
+from helpers import read_metrics, run_cli, run_train, start_cli, train_command
 
 
 def fake_checkpoint(checkpoint_dir: Path, step: int, complete: bool = True) -> Path:
@@ -66,9 +66,7 @@ RUN = ("experiment=smoke", "checkpoint.every_n_steps=2", "checkpoint.keep_last=n
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dsvl_exp.train", f"hydra.run.dir={run_dir}", "train.progress_bar=false", *overrides]
-    return subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+    return run_train(run_dir, *overrides, check=False)
 
 
 @pytest.mark.slow
@@ -119,9 +117,8 @@ def test_a_full_disk_during_a_save_fails_cleanly_and_keeps_the_previous_checkpoi
     run_dir = tmp_path / "run"
     script = tmp_path / "disk_full.py"
     script.write_text(DISK_FULL_RUN)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(script), f"hydra.run.dir={run_dir}", "train.progress_bar=false", *RUN,
-                             "train.max_steps=6"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = run_cli([sys.executable, script, f"hydra.run.dir={run_dir}", "train.progress_bar=false", *RUN,
+                      "train.max_steps=6"], cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -169,10 +166,8 @@ def test_a_second_run_in_a_busy_run_directory_is_refused_and_the_first_goes_on(t
     # long enough to be still training while the second runs are refused; killed before its end
     busy_run = ("experiment=smoke", "checkpoint.every_n_steps=2", "checkpoint.keep_last=1", "eval.every_n_steps=100000",
                 "train.log_every_n_steps=1")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "dsvl_exp.train", f"hydra.run.dir={run_dir}", "train.progress_bar=false",
-                              *busy_run, "train.max_steps=100000"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = start_cli(train_command(run_dir, *busy_run, "train.max_steps=100000"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoints" / "latest").exists() and time.monotonic() < deadline:

@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from inference_fixtures import chat_script_answers, entry_point_env
+from helpers import start_cli
+from inference_fixtures import chat_script_answers
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,10 +38,10 @@ def free_port() -> int:
 def server(trained_run, tmp_path):
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    process = subprocess.Popen(
+    process = start_cli(
         [sys.executable, "-m", "dsvl_exp.serve", str(trained_run), "--host", "127.0.0.1", "--port", str(port),
          "--greedy", "--max-new-tokens", "8"],
-        cwd=tmp_path, env=entry_point_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import compose_config
-from helpers import REPO, read_metrics, run_train
+from helpers import read_metrics, run_train, start_cli, train_command
 
 RUN = ("experiment=smoke", "train.max_steps=6", "train.log_every_n_steps=1", "eval.every_n_steps=3",
        "eval.max_new_tokens=2", "checkpoint.every_n_steps=2")
@@ -50,10 +48,8 @@ def tensorboard_scalars(log_dir: Path, tag: str) -> dict[int, float]:
 
 
 def stop_after_step(run_dir: Path, step: int, *overrides: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dsvl_exp.train", f"hydra.run.dir={run_dir}", "train.progress_bar=false", *overrides]
-    process = subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = start_cli(train_command(run_dir, *overrides), cwd=run_dir.parent, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
     metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
         lines = metrics.read_text().splitlines() if metrics.exists() else []

@@ -28,5 +28,5 @@ def test_family_member_trains(tmp_path, name):
     parameters = json.loads((run_dir / "parameters.json").read_text())
     if name == "lora":
         assert parameters["decoder"]["trainable"] == 0 and parameters["decoder_lora"]["trainable"] > 0
-    if name == "mmca":
-        assert 0.0 <= metrics[-1]["eval/accuracy"] <= 1.0
+    if name == "mmca":  # the generation eval ran (30 steps answer none right; test_train_e2e pins a run that does)
+        assert metrics[-1]["eval/accuracy"] == 0.0
