@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import compose_config
 from dsvl_exp.errors import ConfigError
-from helpers import REPO, read_metrics, run_train
+from helpers import REPO, read_metrics, run_cli, run_train, train_command
 
 GOLDEN = json.loads((REPO / "tests" / "golden" / "smoke.json").read_text())["values"]
 SHORT = ("experiment=smoke", "train.max_steps=10", "eval.generation=false", "eval.monitor=eval/loss")
@@ -46,9 +43,7 @@ def test_sgd_swapped_in_from_the_command_line_trains(tmp_path):
 
 @pytest.mark.slow
 def test_an_optimizer_target_that_does_not_exist_is_a_config_error(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dsvl_exp.train", f"hydra.run.dir={tmp_path / 'run'}", "train.progress_bar=false",
-               *SHORT, "optim.optimizer._target_=torch.optim.Nope"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = run_cli(train_command(tmp_path / "run", *SHORT, "optim.optimizer._target_=torch.optim.Nope"), cwd=tmp_path,
+                     check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "optim.optimizer._target_=torch.optim.Nope" in result.stderr

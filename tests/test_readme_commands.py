@@ -15,7 +15,6 @@ something outside this machine (7B folders, SLURM, a network), skipped with the 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, run_cli, start_cli, subprocess_env
 
 # Reading order: a group's commands run in this order (the README's tour first).
 GUIDE_PAGES = ("running", "configuration", "data", "checkpoints", "distributed", "sweeps", "using-a-model", "export",
@@ -187,10 +186,9 @@ def run_command(command: str, cwd: Path, env: dict) -> tuple[int, str, float]:
     stdin = next((text for pattern, text in STDIN.items() if re.search(pattern, command)), "")
     ready = next((line for pattern, line in READY_LINE.items() if re.search(pattern, command)), None)
     if ready is None:
-        result = subprocess.run(argv, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
-                                timeout=COMMAND_TIMEOUT_S)
+        result = run_cli(argv, cwd=cwd, env=env, input=stdin, timeout=COMMAND_TIMEOUT_S, check=False)
         return result.returncode, result.stdout[-3000:] + result.stderr[-5000:], time.monotonic() - started
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_cli(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []
     for line in process.stdout:
         output.append(line)
@@ -233,8 +231,7 @@ def test_every_document_is_read():
 def test_every_documented_command_runs_as_written(commands, tmp_path):
     checkout = make_checkout_copy(tmp_path / "checkout")
     prepare_inputs(checkout)
-    env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "DSVL_CACHE_DIR": str(tmp_path / "cache")}
+    env = subprocess_env(PYTHONPATH=str(checkout / "src"), DSVL_CACHE_DIR=str(tmp_path / "cache"))
     failures, timings = [], []
     for command in commands:
         try:

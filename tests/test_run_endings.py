@@ -5,7 +5,6 @@ group torn down. One run per ending, through the real entry point."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import start_cli, subprocess_env
 
 RUN = ("experiment=smoke", "train.log_every_n_steps=1", "eval.every_n_steps=null", "eval.generation=false",
        "eval.monitor=eval/loss", "logger=mlflow")
@@ -46,10 +45,9 @@ def start(tmp_path: Path, *overrides: str, fail_at_step: int = 0) -> tuple[subpr
     run_dir = tmp_path / "run"
     script = tmp_path / "entry.py"
     script.write_text(ENTRY)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "DSVL_TEST_FAIL_AT_STEP": str(fail_at_step)}
     command = [sys.executable, str(script), f"hydra.run.dir={run_dir}", "train.progress_bar=false", *RUN, *overrides]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_cli(command, cwd=tmp_path, env=subprocess_env(DSVL_TEST_FAIL_AT_STEP=str(fail_at_step)),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return process, run_dir
 
 

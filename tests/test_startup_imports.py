@@ -4,15 +4,12 @@ the packages a run needs (torch, transformers, deepspeed) and none of the ones i
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import run_cli
 
 # Imported only when what needs them runs: W&B / MLflow / TensorBoard trackers, serving,
 # inference and planning commands, the lmms-eval harness. (`mlflow` itself shows once: the failed
@@ -30,12 +27,9 @@ def imported_modules(stderr: str) -> set[str]:
 
 @pytest.mark.slow
 def test_training_run_imports_only_what_it_uses(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-X", "importtime", "-m", "dsvl_exp.train", "experiment=smoke", "train.max_steps=1",
                "eval.every_n_steps=null", "train.progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_cli(command, cwd=tmp_path)
     modules = imported_modules(result.stderr)
     assert {"torch", "transformers", "deepspeed", "dsvl_exp.training.recipe"} <= modules  # the list is real
     assert (tmp_path / "run" / "metrics.jsonl").exists()
@@ -48,7 +42,5 @@ def test_deepspeed_import_leaves_mlflow_importable():
             "assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
             "import deepspeed.autotuning.autotuner as a\nassert a.has_mlflow is False\n"
             "import importlib.util\nprint(importlib.util.find_spec('mlflow') is not None)\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli([sys.executable, "-c", code], timeout=300)
     assert result.stdout.split()[-1] == "True"  # the project's MLflow tracker still finds the package
