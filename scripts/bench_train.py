@@ -69,7 +69,7 @@ PRESETS = {
                    batch=4, length=2048, images_per_row=2, supervised_per_row=128),
 }
 ZERO = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 500_000_000,
-        "allgather_bucket_size": 500_000_000, "offload_optimizer": "none", "offload_param": "none"}
+        "allgather_bucket_size": 500_000_000, "offload_optimizer": {"device": "none"}, "offload_param": {"device": "none"}}
 IMAGE_TOKEN, PAD_TOKEN, EOS_TOKEN = 3, 0, 2
 
 

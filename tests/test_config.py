@@ -93,7 +93,7 @@ def test_unknown_keys_are_refused_even_with_plus(override, message):
     ("launcher.kind=k8s", "[local, slurm]"),
     ("optim.scheduler.name=nope", "[linear, cosine, "),
     ("decoder.attention=flash", "[causal, mmca, mmca_legacy, mmca_flex]"),
-    ("zero.offload_param=disk", "[none, cpu]"),
+    ("zero.offload_param.device=disk", "[none, cpu, nvme]"),
     ("launcher.start_method=thread", "[spawn, fork, forkserver]"),
     ("logger.wandb.mode=on", "[offline, online, disabled]"),
     ("train.on_nonfinite=ignore", "[stop, skip]"),
@@ -210,14 +210,14 @@ def test_an_option_file_states_only_what_differs_from_the_schema(option):
     (["train.decoder=sometimes"], r"train\.decoder='sometimes': expected true, false, auto or lora"),
     (["train.max_steps=null"], r"train\.max_steps and train\.epochs are both null"),
     (["train.micro_batch_size=0"], r"train\.micro_batch_size=0 must be at least 1"),
-    (["zero.offload_param=cpu"], r"zero\.offload_param=cpu needs ZeRO stage 3"),
+    (["zero.offload_param.device=cpu"], r"zero\.offload_param\.device=cpu needs ZeRO stage 3"),
     (["optim.warmup_ratio=5"], r"optim\.warmup_ratio=5\.0 must be in \[0, 1\]"),
     (["eval.generation=false"], r"eval\.monitor='eval/accuracy' will not be logged.*eval\.generation=true"),
 ])
 def test_training_settings_that_cannot_run_are_refused_at_composition(overrides, message):
     with pytest.raises(ConfigError, match=message):
         compose_cfg(*overrides)
-    assert compose_cfg("zero=3", "zero.offload_param=cpu", "train.decoder=lora").zero.offload_param == "cpu"
+    assert compose_cfg("zero=3", "zero.offload_param.device=cpu", "train.decoder=lora").zero.offload_param.device == "cpu"
 
 
 def test_a_missing_local_pretrained_folder_is_named(tmp_path):

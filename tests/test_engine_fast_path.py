@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 distributed.init_process_group()
 out_dir = sys.argv[1]
 ZERO = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 10**6,
-        "allgather_bucket_size": 10**6, "offload_optimizer": "none", "offload_param": "none"}
+        "allgather_bucket_size": 10**6, "offload_optimizer": {"device": "none"}, "offload_param": {"device": "none"}}
 
 def model_and_batch():
     torch.manual_seed(0)

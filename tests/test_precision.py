@@ -17,7 +17,7 @@ from dsvl_exp.training.engine import deepspeed_config
 from test_train_e2e import GOLDEN, entry_point
 
 ZERO = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 500_000_000,
-        "allgather_bucket_size": 500_000_000, "offload_optimizer": "none", "offload_param": "none"}
+        "allgather_bucket_size": 500_000_000, "offload_optimizer": {"device": "none"}, "offload_param": {"device": "none"}}
 # bf16 keeps 8 bits of mantissa: over 20 smoke steps the logged losses stayed within 1e-3 of the
 # fp32 golden run's (measured: largest difference 8e-4 at step 5 and 10); 5e-3 leaves headroom.
 BF16_TOLERANCE = 5e-3

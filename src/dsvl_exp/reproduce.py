@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dsvl_exp.config.legacy_keys import upgrade_overrides
 from dsvl_exp.console import EXIT_DIFFERS, EXIT_OK, run_command
 from dsvl_exp.repro import environment
 from dsvl_exp.repro.compare import DIFFERS, RunError, compare_runs, load_run
@@ -79,7 +80,7 @@ def drift_warnings(manifest: dict, run_dir: Path) -> list[str]:
 
 
 def train_command(manifest: dict, out: Path) -> list[str]:
-    overrides = list((manifest.get("hydra") or {}).get("overrides") or [])
+    overrides = upgrade_overrides(list((manifest.get("hydra") or {}).get("overrides") or []))  # an old run's names
     return [sys.executable, "-m", "dsvl_exp.train", *overrides, f"hydra.run.dir={out.resolve()}"]
 
 

@@ -29,7 +29,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dsvl_exp.config.overrides import as_typed, quote_numeric_group_choices, resume_shorthand
@@ -90,7 +90,7 @@ def refuse_before_writing(cfg: DictConfig, run_dir: Path) -> None:
         from dsvl_exp.training.run_lock import check_not_busy
 
         check_not_busy(run_dir)  # a live run's directory: say so, not that it "already holds a run"
-        validate_config(cfg)
+        check_config(cfg)
 
         checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
         check_run_dir_use(run_dir, checkpoint_dir, cfg.resume.checkpoint)
@@ -100,10 +100,19 @@ def refuse_before_writing(cfg: DictConfig, run_dir: Path) -> None:
         raise
 
 
+def check_config(cfg: DictConfig) -> None:
+    """The config's own checks, then the zero group by DeepSpeed's config model (its keys are
+    DeepSpeed's; config/ does not import DeepSpeed)."""
+    validate_config(cfg)
+    from dsvl_exp.training.zero_options import check_zero_options
+
+    check_zero_options(OmegaConf.to_container(cfg.zero, resolve=True, enum_to_str=True))
+
+
 def validate_and_launch(cfg: DictConfig, validated: bool = False) -> float:
     """Check the config (unless the single-run checks did), name the tracker runs, start the ranks."""
     if not validated:
-        validate_config(cfg)
+        check_config(cfg)
     name_tracker_runs(cfg, HydraConfig.get())
     from dsvl_exp.training.launch import launch_ranks  # heavy imports only once a run starts
 

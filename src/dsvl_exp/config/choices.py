@@ -49,9 +49,10 @@ class OnBadRecord(Choice):
     skip = "skip"
 
 
-class OffloadDevice(Choice):
+class OffloadDevice(Choice):  # DeepSpeed's OffloadDeviceEnum
     none = "none"
     cpu = "cpu"
+    nvme = "nvme"  # needs +zero.offload_*.nvme_path=<folder>
 
 
 class SingleRankZero(Choice):

@@ -12,7 +12,7 @@ changes. A field that every option must choose is MISSING here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -126,20 +126,32 @@ class ModelConfig:
 
 # ---- distributed / DeepSpeed -----------------------------------------------------------------
 @dataclass
+class OffloadConfig:
+    """DeepSpeed's `offload_optimizer` / `offload_param` node, in its names (device none: no
+    offload). Its other keys come with `+` (`+zero.offload_optimizer.nvme_path=/nvme`)."""
+
+    checked_by_deepspeed: ClassVar[bool] = True  # DeepSpeed's config model checks every key
+    device: OffloadDevice = OffloadDevice.none
+    pin_memory: bool = True  # DeepSpeed's default
+
+
+@dataclass
 class ZeroConfig:
+    """DeepSpeed's `zero_optimization`, in its own names and shapes, passed through to the engine
+    (training/engine.py) and checked at start-up by DeepSpeed's config model, so any key DeepSpeed
+    knows can be set (`+zero.sub_group_size=1e9`). Only `single_rank` is the project's own."""
+
+    checked_by_deepspeed: ClassVar[bool] = True
     stage: int = MISSING  # each conf/zero option says its stage
-    offload_optimizer: OffloadDevice = OffloadDevice.none
-    offload_param: OffloadDevice = OffloadDevice.none  # stage 3 only
     overlap_comm: bool = False
     contiguous_gradients: bool = True
     reduce_bucket_size: int = 50_000_000
     allgather_bucket_size: int = 50_000_000
+    offload_optimizer: OffloadConfig = field(default_factory=OffloadConfig)
+    offload_param: OffloadConfig = field(default_factory=OffloadConfig)  # stage 3 only
     stage3_param_persistence_threshold: int = 10_000
     stage3_max_live_parameters: int = 30_000_000
     stage3_prefetch_bucket_size: int = 5_000_000
-    # One rank has nothing to partition: ZeRO-2's per-parameter gradient hooks cost the tiny
-    # default ~34 % of its step (BENCHMARKS.md), so stage0 runs it as DeepSpeed's stage 0 (same
-    # losses; the manifest's derived.zero_stage says which ran). A resume keeps the checkpoint's stage.
     single_rank: SingleRankZero = SingleRankZero.stage0
 
 

@@ -37,7 +37,7 @@ def memory_per_rank(cfg: DictConfig, arch: DictConfig, tokenizer, shape: BatchSh
     model = model if model is not None else meta_model(cfg, tokenizer)
     precision, zero = str(cfg.train.precision), cfg.zero
     stage = int(zero.stage)
-    offload_optimizer, offload_param = str(zero.offload_optimizer) != "none", str(zero.offload_param) != "none"
+    offload_optimizer, offload_param = str(zero.offload_optimizer.device) != "none", str(zero.offload_param.device) != "none"
     states = model_states(model, stage, ranks, precision, offload_optimizer, offload_param)
     activations = activation_bytes(cfg, arch, tokenizer, shape, precision, bool(cfg.train.gradient_checkpointing))
     lines = {

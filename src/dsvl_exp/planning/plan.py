@@ -85,8 +85,9 @@ class Planner:
             changes.append(("train.gradient_checkpointing=true", {"train__gradient_checkpointing": True}))
         if int(cfg.zero.stage) != 3:
             changes.append(("zero=3", {"zero__stage": 3}))
-        if str(cfg.zero.offload_optimizer) == "none":
-            changes.append(("zero=3_offload", {"zero__stage": 3, "zero__offload_optimizer": "cpu", "zero__offload_param": "cpu"}))
+        if str(cfg.zero.offload_optimizer.device) == "none":
+            changes.append(("zero=3_offload", {"zero__stage": 3, "zero__offload_optimizer__device": "cpu",
+                                               "zero__offload_param__device": "cpu"}))
         if resolve_trainable(cfg.train.decoder, cfg.decoder.pretrained, "train.decoder", allow_lora=True) is True:
             changes.append(("train.decoder=lora", {"train__decoder": "lora"}))
         length = int(cfg.data.max_seq_len or cfg.decoder.max_position_embeddings)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dsvl_exp.config import meaning
+from dsvl_exp.config.legacy_keys import upgrade, upgrade_overrides
 from dsvl_exp.config.meaning import ABSENT, flatten, same_value
 from dsvl_exp.errors import UserError
 from dsvl_exp.repro.environment import FREEZE_FILE, read_freeze
@@ -177,10 +178,12 @@ def compare_runs(run_a: Run, run_b: Run, tolerance: float = DEFAULT_TOLERANCE) -
                                    {"status": b.get("status"), "error": b.get("error")})
     differences += dict_differences("group choices", hydra_a.get("choices") or {}, hydra_b.get("choices") or {},
                                     lambda key: key.startswith("hydra/"))  # how jobs were launched
-    differences += compare_overrides(hydra_a.get("overrides"), hydra_b.get("overrides"))
+    # an old run's manifest in today's names (config/legacy_keys.py): a rename alone is no difference
+    differences += compare_overrides(upgrade_overrides(hydra_a.get("overrides") or []),
+                                     upgrade_overrides(hydra_b.get("overrides") or []))
     differences += [
         Difference(d.section, d.key, d.a, d.b, "info") if d.key.startswith(LABEL_CONFIG_KEYS) else d
-        for d in dict_differences("config", a.get("config") or {}, b.get("config") or {},
+        for d in dict_differences("config", upgrade(a.get("config") or {}), upgrade(b.get("config") or {}),
                                   meaning.volatile)
     ]
     differences += dict_differences("derived", a.get("derived") or {}, b.get("derived") or {})

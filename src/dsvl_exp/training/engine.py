@@ -12,6 +12,7 @@ from torch import nn
 
 from dsvl_exp.errors import ConfigError
 from dsvl_exp.training.deepspeed_import import import_deepspeed
+from dsvl_exp.training.zero_options import check_zero_options, offload_device, zero_optimization
 
 deepspeed = import_deepspeed()
 
@@ -25,28 +26,12 @@ def deepspeed_config(
     gradient_clipping: float,
     resumes_partitioned: bool | None = None,
 ) -> dict:
-    """`resumes_partitioned`: whether the checkpoint this run resumes holds ZeRO partition files
+    """`zero`: the `zero` group, DeepSpeed's zero_optimization in its own names (training/zero_options.py).
+    `resumes_partitioned`: whether the checkpoint this run resumes holds ZeRO partition files
     (None: a fresh run); see `engine_stage`."""
+    check_zero_options(zero)
     stage = engine_stage(zero, world_size, precision, resumes_partitioned)
-    zero_optimization = {
-        "stage": stage,
-        "overlap_comm": zero["overlap_comm"],
-        "contiguous_gradients": zero["contiguous_gradients"],
-        "reduce_bucket_size": zero["reduce_bucket_size"],
-        "allgather_bucket_size": zero["allgather_bucket_size"],
-    }
-    if zero["offload_optimizer"] != "none":
-        zero_optimization["offload_optimizer"] = {"device": zero["offload_optimizer"]}
-    if stage == 3:
-        zero_optimization.update(
-            stage3_param_persistence_threshold=zero["stage3_param_persistence_threshold"],
-            stage3_max_live_parameters=zero["stage3_max_live_parameters"],
-            stage3_prefetch_bucket_size=zero["stage3_prefetch_bucket_size"],
-        )
-        if zero["offload_param"] != "none":
-            zero_optimization["offload_param"] = {"device": zero["offload_param"]}
-    elif zero["offload_param"] != "none":
-        raise ConfigError("zero.offload_param needs ZeRO stage 3 (zero=3); stage 2 keeps parameters on every rank")
+    zero_optimization_options = zero_optimization(zero, stage)
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision={precision!r}: expected fp32, bf16 or fp16")
     return {
@@ -54,7 +39,7 @@ def deepspeed_config(
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch_size * grad_accum * world_size,
         "gradient_clipping": gradient_clipping,
-        "zero_optimization": zero_optimization,
+        "zero_optimization": zero_optimization_options,
         "bf16": {"enabled": precision == "bf16"},
         # fp16: DeepSpeed's dynamic loss scaler (loss_scale 0) starts at 2^16, halves on an
         # overflow (that step is skipped) and doubles after 100 clean steps (the reference's
@@ -79,7 +64,7 @@ def engine_stage(zero: dict, world_size: int, precision: str, resumes_partitione
         return configured
     if resumes_partitioned is not None:
         return 2 if resumes_partitioned else 0
-    fits = world_size == 1 and precision == "fp32" and zero.get("offload_optimizer", "none") == "none"
+    fits = world_size == 1 and precision == "fp32" and offload_device(zero, "offload_optimizer") == "none"
     return 0 if fits and zero.get("single_rank") == "stage0" else 2
 
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from dsvl_exp.config.choices import NonFiniteAction
+from dsvl_exp.config.legacy_keys import upgrade
 from dsvl_exp.data.debug_dump import dump_samples
 from dsvl_exp.data.fingerprint import data_fingerprint
 from dsvl_exp.data.template import ChatTemplate
@@ -76,7 +77,8 @@ def setup_run(run_dir: Path, checkpoint_dir: Path, resume_choice: str | None, al
     else:
         source = resume.find_checkpoint(resume_choice, checkpoint_dir)
         if source is not None:
-            saved = OmegaConf.to_container(OmegaConf.load(source / checkpoints.CONFIG), resolve=True)
+            # a checkpoint written before keys were renamed is compared in today's names
+            saved = upgrade(OmegaConf.to_container(OmegaConf.load(source / checkpoints.CONFIG), resolve=True))
             resume.check_config_change(saved, config, source, allow_config_change)
             resume.check_world_size(checkpoints.read_trainer_state(source), distributed.world_size(), source)
     if distributed.is_rank_zero():
