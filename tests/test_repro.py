@@ -72,7 +72,9 @@ def test_manifest_holds_config_code_environment_derived_values_and_outcome(grid)
     derived = m["derived"]
     assert derived["world_size"] == 1 and derived["global_batch_size"] == 8 * 1 * 1
     assert derived["deepspeed_config_final"]["train_batch_size"] == 8
-    assert derived["deepspeed_config_final"]["zero_config"]["stage"] == 2  # a default DeepSpeed filled in
+    # one fp32 rank runs ZeRO-2 as stage 0 (zero.single_rank=stage0); DeepSpeed's filled-in config says so too
+    assert derived["zero_stage"] == derived["deepspeed_config_final"]["zero_config"]["stage"] == 0
+    assert derived["deepspeed_config_final"]["zero_config"]["reduce_bucket_size"] == 50_000_000  # the group's value
     assert set(derived["parameters"]) >= {"vision", "projection", "decoder"} and derived["tokens_per_image"] == 17
     assert m["seeds"]["seed"] == 0 and m["data_fingerprint"]["num_train"] == 64
     outcome = m["outcome"]
