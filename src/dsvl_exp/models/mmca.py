@@ -12,8 +12,11 @@ it down to this function. Each query attends with two separate softmaxes, summed
 `mmca`: a query with no legal key in a branch gets nothing from that branch. It gathers each
 branch's legal keys instead of masking a full [query, key] square twice: text queries against the
 text keys are plain causal attention once both are packed (the k-th text token sees text tokens
-0..k), other queries use a small mask, and an image query's image branch is its own value. At
-2048 tokens this took 0.29x the time of two masked squares, 1.08x one causal SDPA call (BENCHMARKS.md).
+0..k), and an image query's image branch is its own value. At 2048 tokens this took 0.29x the time
+of two masked squares, 1.08x one causal SDPA call (BENCHMARKS.md). The two cross-branch
+rectangles (image and padding queries x text keys, text and padding queries x image keys) run, in
+the prompt pass, as a few calls over key prefixes (models/mmca_prefix.py): each query's legal keys
+there are a prefix of the other branch's packed keys; a decoding step masks them.
 
 `mmca_legacy` reproduces the reference's additive masks bit for bit: there a row with no legal
 key ends up a near-uniform distribution over the keys blocked by only one of its two masks
@@ -34,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
+
+from .mmca_prefix import PrefixChunk, attend_prefix_chunks, key_prefix, prefix_chunks
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +159,10 @@ class GatheredPlan:
     own_values: FlatRowIndex | None  # cached decoding: image queries' own values (prompt: the image keys)
     text_causal: bool  # prompt pass: packed text queries x packed text keys is plain causal
     text_masked: PackedKeyMask | None
-    other_masked: PackedKeyMask
-    image_masked: PackedKeyMask
+    # the two cross-branch rectangles: masked in a cached decoding step, key-prefix chunks in the
+    # prompt pass (models/mmca_prefix.py)
+    other_masked: PackedKeyMask | list[PrefixChunk]
+    image_masked: PackedKeyMask | list[PrefixChunk]
     text_inverse: torch.Tensor  # [batch * query]: row in cat(text queries, other queries, a zero row)
     image_inverse: torch.Tensor  # [batch * query]: row in cat(non-image queries, image queries, a zero row)
 
@@ -168,7 +175,7 @@ def _packed_key_mask(queries: PackedPositions, keys: PackedPositions, offset: in
 
 
 def _inverse(selected: torch.Tensor, first: PackedPositions, second: PackedPositions,
-             first_mask: PackedKeyMask | None, second_mask: PackedKeyMask | None) -> torch.Tensor:
+             first_has_key: torch.Tensor | None, second_has_key: torch.Tensor | None) -> torch.Tensor:
     """Each position's row in cat(first's slots, second's slots, one zero row), per batch row. A
     position whose query has no legal key reads the zero row: that replaces multiplying each
     masked output by its has-key flags (5 % of the forward at 2048 tokens, 788 of them image)."""
@@ -176,14 +183,16 @@ def _inverse(selected: torch.Tensor, first: PackedPositions, second: PackedPosit
     width = first.size + second.size + 1
     slot = torch.where(selected, first.rank, first.size + second.rank)
     has_key = torch.ones_like(selected)
-    for members, group, mask in ((selected, first, first_mask), (~selected, second, second_mask)):
-        if mask is not None and group.size > 0:
-            has_key &= ~members | mask.has_key.gather(1, group.rank.clamp(min=0))
+    for members, group, group_has_key in ((selected, first, first_has_key), (~selected, second, second_has_key)):
+        if group_has_key is not None and group.size > 0:
+            has_key &= ~members | group_has_key.gather(1, group.rank.clamp(min=0))
     slot = torch.where(has_key, slot, width - 1)
     return (slot + torch.arange(batch, device=slot.device)[:, None] * width).reshape(-1)
 
 
-def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> GatheredPlan:
+def gathered_plan(token_types: torch.Tensor, query_length: int, dtype, key_prefixes: bool = True) -> GatheredPlan:
+    """`key_prefixes=False`: the prompt pass's cross-branch rectangles masked in full (the form
+    before models/mmca_prefix.py, kept for the side-by-side benchmark and the tests)."""
     batch, key_length = token_types.shape
     offset = key_length - query_length
     query_types = token_types[:, offset:]
@@ -193,8 +202,16 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
     non_image_queries, image_queries = _pack_positions(~is_image), _pack_positions(is_image)
     text_causal = offset == 0
     text_masked = None if text_causal else _packed_key_mask(text_queries, text_keys, offset, dtype)
-    other_masked = _packed_key_mask(other_queries, text_keys, offset, dtype)
-    image_masked = _packed_key_mask(non_image_queries, image_keys, offset, dtype)
+    if text_causal and key_prefixes:
+        other_prefix = key_prefix(token_types == TEXT, other_queries.index, other_queries.valid)
+        image_prefix = key_prefix(token_types == IMAGE, non_image_queries.index, non_image_queries.valid)
+        other_masked = prefix_chunks(other_prefix, other_queries.valid, dtype)
+        image_masked = prefix_chunks(image_prefix, non_image_queries.valid, dtype)
+        other_has_key, image_has_key = other_prefix > 0, image_prefix > 0
+    else:
+        other_masked = _packed_key_mask(other_queries, text_keys, offset, dtype)
+        image_masked = _packed_key_mask(non_image_queries, image_keys, offset, dtype)
+        other_has_key, image_has_key = other_masked.has_key, image_masked.has_key
     return GatheredPlan(
         batch=batch,
         query_length=query_length,
@@ -206,8 +223,9 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
         text_masked=text_masked,
         other_masked=other_masked,
         image_masked=image_masked,
-        text_inverse=_inverse(is_text, text_queries, other_queries, text_masked, other_masked),
-        image_inverse=_inverse(~is_image, non_image_queries, image_queries, image_masked, None),
+        text_inverse=_inverse(is_text, text_queries, other_queries,
+                              None if text_masked is None else text_masked.has_key, other_has_key),
+        image_inverse=_inverse(~is_image, non_image_queries, image_queries, image_has_key, None),
     )
 
 
@@ -228,11 +246,14 @@ def _sdpa(query_rows, key_rows, value_rows, **kwargs) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, part: PackedKeyMask, dropout: float, scaling) -> torch.Tensor:
+def _attend(query, key, value, part: PackedKeyMask | list[PrefixChunk], dropout: float, scaling) -> list[torch.Tensor]:
+    """One output per piece, in the order of the packed queries."""
+    if isinstance(part, list):
+        return attend_prefix_chunks(query, key, value, part, dropout, scaling)
     if query.shape[1] == 0 or key.shape[1] == 0:
-        return query.new_zeros(query.shape)
+        return [query.new_zeros(query.shape)]
     # rows without a legal key come out as an average of blocked values: the plan's inverse never reads them
-    return _sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling)
+    return [_sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling)]
 
 
 def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
@@ -242,7 +263,7 @@ def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float
     text_query, other_query = _gather_packed(query, plan.queries)
     (non_image_query,) = _gather_packed(query, plan.non_image_queries)
     if plan.text_causal:
-        text_out = _sdpa(text_query, text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)
+        text_out = [_sdpa(text_query, text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)]
         own_value = image_value  # prompt pass: the image queries are the image keys, in order
     else:
         text_out = _attend(text_query, text_key, text_value, plan.text_masked, dropout, scaling)
@@ -253,13 +274,13 @@ def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float
         own_value = own_value * F.dropout(own_value.new_ones(own_value.shape[:3] + (1,)), dropout)
     batch, heads, dim = plan.batch, query.shape[2], query.shape[3]
 
-    def scatter(first: torch.Tensor, second: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        zero_row = first.new_zeros((batch, 1, heads, dim))  # read by the positions with no legal key
-        both = torch.cat([first, second, zero_row], dim=1).reshape(-1, heads * dim)
+    def scatter(first: list[torch.Tensor], second: list[torch.Tensor], inverse: torch.Tensor) -> torch.Tensor:
+        zero_row = query.new_zeros((batch, 1, heads, dim))  # read by the positions with no legal key
+        both = torch.cat([*first, *second, zero_row], dim=1).reshape(-1, heads * dim)
         # every slot is read at most once (the zero rows excepted); unread slots get a zero gradient
         return take_rows(both, inverse, inverse).view(batch, plan.query_length, heads, dim)
 
-    return scatter(text_out, other_out, plan.text_inverse) + scatter(non_image_out, own_value, plan.image_inverse)
+    return scatter(text_out, other_out, plan.text_inverse) + scatter(non_image_out, [own_value], plan.image_inverse)
 
 
 # ---- one plan per forward --------------------------------------------------------------------------
