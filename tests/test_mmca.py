@@ -231,8 +231,15 @@ def gathered_both_ways(leaves, types, groups):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("groups", [1, 2], ids=["mha", "gqa"])
-def test_key_prefix_chunks_match_masked_rectangles_and_dense(seed, groups):
-    """Batch rows with different layouts (images first or last, both paddings), forward and backward."""
+@pytest.mark.parametrize("call_overhead", [0, None], ids=["many_chunks", "merged_chunks"])
+def test_key_prefix_chunks_match_masked_rectangles_and_dense(seed, groups, call_overhead, monkeypatch):
+    """Batch rows with different layouts (images first or last, both paddings), forward and backward;
+    chunks cut at every prefix change (unmasked where the rows agree) or merged (masked, some rows
+    with no legal key)."""
+    from dsvl_exp.models import mmca_prefix
+
+    if call_overhead is not None:
+        monkeypatch.setattr(mmca_prefix, "CALL_OVERHEAD_PAIRS", call_overhead)
     types = random_layouts(seed)
     if seed == 2:
         types = types.flip(1)  # the other image order: spans moved, padding on the other side
@@ -262,15 +269,22 @@ def test_key_prefix_chunks_are_unmasked_where_every_row_agrees(monkeypatch):
 
     one_row = torch.tensor([[1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1]])
     plan = mmca.gathered_plan(one_row, one_row.shape[1], torch.float32)
-    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.other_masked] == [(0, 3, 2, None), (3, 6, 4, None), (6, 9, 6, None)]
-    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.image_masked] == [
+    assert plan.queries.sizes == [8, 0, 9]  # packed as text, padding, image
+    # the image queries (slots 8..16) x the text keys; the text queries (slots 0..7) x the image keys
+    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.text_prefixes] == [(8, 11, 2, None), (11, 14, 4, None), (14, 17, 6, None)]
+    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.image_prefixes] == [
         (0, 2, 0, None), (2, 4, 3, None), (4, 6, 6, None), (6, 8, 9, None)]
     # a second row with its images later: the chunks over both rows carry a mask where the rows differ
     two_rows = torch.cat([one_row, torch.tensor([[1, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1]])])
     plan = mmca.gathered_plan(two_rows, two_rows.shape[1], torch.float32)
-    masked = [c for c in plan.other_masked + plan.image_masked if c.bias is not None]
+    masked = [c for c in plan.text_prefixes + plan.image_prefixes if c.bias is not None]
     assert masked and all(c.bias.shape == (2, 1, c.stop - c.start, c.keys) for c in masked)
-    assert plan.other_masked[0].keys == 3  # the second row's first span sees 3 text tokens
+    assert plan.text_prefixes[0].keys == 3  # the second row's first span sees 3 text tokens
+    # right padding: its queries see every text key, and take the slots between text and image
+    padded = torch.tensor([[1, 1, 2, 2, 1, 0, 0]])
+    plan = mmca.gathered_plan(padded, padded.shape[1], torch.float32)
+    assert plan.queries.sizes == [3, 2, 2]
+    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.text_prefixes] == [(3, 5, 3, None), (5, 7, 2, None)]
 
 
 def test_key_prefix_chunks_with_dropout_keep_the_shape_and_gradient():

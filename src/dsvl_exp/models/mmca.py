@@ -159,10 +159,8 @@ class GatheredPlan:
     own_values: FlatRowIndex | None  # cached decoding: image queries' own values (prompt: the image keys)
     text_causal: bool  # prompt pass: packed text queries x packed text keys is plain causal
     text_masked: PackedKeyMask | None
-    # the two cross-branch rectangles: masked in a cached decoding step, key-prefix chunks in the
-    # prompt pass (models/mmca_prefix.py)
-    other_masked: PackedKeyMask | list[PrefixChunk]
-    image_masked: PackedKeyMask | list[PrefixChunk]
+    other_masked: PackedKeyMask
+    image_masked: PackedKeyMask
     text_inverse: torch.Tensor  # [batch * query]: row in cat(text queries, other queries, a zero row)
     image_inverse: torch.Tensor  # [batch * query]: row in cat(non-image queries, image queries, a zero row)
 
@@ -190,9 +188,50 @@ def _inverse(selected: torch.Tensor, first: PackedPositions, second: PackedPosit
     return (slot + torch.arange(batch, device=slot.device)[:, None] * width).reshape(-1)
 
 
-def gathered_plan(token_types: torch.Tensor, query_length: int, dtype, key_prefixes: bool = True) -> GatheredPlan:
+@dataclass
+class PromptPlan:
+    """The prompt pass with the cross-branch rectangles as key-prefix chunks (models/mmca_prefix.py).
+    The queries are packed once as [text | padding | image]: the text branch's outputs (text causal,
+    then padding and image queries x text-key prefixes) and the image branch's (text and padding
+    queries x image-key prefixes, then the image queries' own values) fill the same slots, so the
+    two are added there and moved back to their positions by one `take_rows`."""
+
+    batch: int
+    query_length: int
+    keys: FlatRowIndex  # text keys, then image keys: the same positions as the text and image queries
+    queries: FlatRowIndex  # text, padding, image
+    text_prefixes: list[PrefixChunk]  # padding and image queries (slots from the text count on) x text keys
+    image_prefixes: list[PrefixChunk]  # text and padding queries (slots from 0) x image keys
+    inverse: torch.Tensor  # [batch * length]: each position's slot among the packed queries
+
+
+def prompt_plan(token_types: torch.Tensor, dtype) -> PromptPlan:
+    batch, length = token_types.shape
+    is_text, is_image, is_pad = token_types == TEXT, token_types == IMAGE, token_types == PAD
+    text, pad, image = _pack_positions(is_text), _pack_positions(is_pad), _pack_positions(is_image)
+
+    def prefixes(first: PackedPositions, second: PackedPositions, keys: torch.Tensor, offset: int):
+        index, valid = torch.cat([first.index, second.index], dim=1), torch.cat([first.valid, second.valid], dim=1)
+        return prefix_chunks(key_prefix(keys, index, valid), valid, dtype, offset)
+
+    slot = torch.where(is_text, text.rank, torch.where(is_pad, text.size + pad.rank, text.size + pad.size + image.rank))
+    width = text.size + pad.size + image.size
+    return PromptPlan(
+        batch=batch,
+        query_length=length,
+        keys=_flat_row_index([text, image], length),
+        queries=_flat_row_index([text, pad, image], length),
+        text_prefixes=prefixes(pad, image, is_text, text.size),
+        image_prefixes=prefixes(text, pad, is_image, 0),
+        inverse=(slot + torch.arange(batch, device=slot.device)[:, None] * width).reshape(-1),
+    )
+
+
+def gathered_plan(token_types: torch.Tensor, query_length: int, dtype, key_prefixes: bool = True) -> GatheredPlan | PromptPlan:
     """`key_prefixes=False`: the prompt pass's cross-branch rectangles masked in full (the form
     before models/mmca_prefix.py, kept for the side-by-side benchmark and the tests)."""
+    if key_prefixes and query_length == token_types.shape[1]:
+        return prompt_plan(token_types, dtype)
     batch, key_length = token_types.shape
     offset = key_length - query_length
     query_types = token_types[:, offset:]
@@ -202,16 +241,9 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype, key_prefi
     non_image_queries, image_queries = _pack_positions(~is_image), _pack_positions(is_image)
     text_causal = offset == 0
     text_masked = None if text_causal else _packed_key_mask(text_queries, text_keys, offset, dtype)
-    if text_causal and key_prefixes:
-        other_prefix = key_prefix(token_types == TEXT, other_queries.index, other_queries.valid)
-        image_prefix = key_prefix(token_types == IMAGE, non_image_queries.index, non_image_queries.valid)
-        other_masked = prefix_chunks(other_prefix, other_queries.valid, dtype)
-        image_masked = prefix_chunks(image_prefix, non_image_queries.valid, dtype)
-        other_has_key, image_has_key = other_prefix > 0, image_prefix > 0
-    else:
-        other_masked = _packed_key_mask(other_queries, text_keys, offset, dtype)
-        image_masked = _packed_key_mask(non_image_queries, image_keys, offset, dtype)
-        other_has_key, image_has_key = other_masked.has_key, image_masked.has_key
+    other_masked = _packed_key_mask(other_queries, text_keys, offset, dtype)
+    image_masked = _packed_key_mask(non_image_queries, image_keys, offset, dtype)
+    other_has_key, image_has_key = other_masked.has_key, image_masked.has_key
     return GatheredPlan(
         batch=batch,
         query_length=query_length,
@@ -246,41 +278,63 @@ def _sdpa(query_rows, key_rows, value_rows, **kwargs) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, part: PackedKeyMask | list[PrefixChunk], dropout: float, scaling) -> list[torch.Tensor]:
-    """One output per piece, in the order of the packed queries."""
-    if isinstance(part, list):
-        return attend_prefix_chunks(query, key, value, part, dropout, scaling)
+def _attend(query, key, value, part: PackedKeyMask, dropout: float, scaling) -> torch.Tensor:
     if query.shape[1] == 0 or key.shape[1] == 0:
-        return [query.new_zeros(query.shape)]
+        return query.new_zeros(query.shape)
     # rows without a legal key come out as an average of blocked values: the plan's inverse never reads them
-    return [_sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling)]
+    return _sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling)
 
 
-def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
+def _own_value_dropped(own_value: torch.Tensor, dropout: float) -> torch.Tensor:
+    if dropout > 0.0:  # the one attention weight (1.0) of a single-key softmax, dropped out
+        return own_value * F.dropout(own_value.new_ones(own_value.shape[:3] + (1,)), dropout)
+    return own_value
+
+
+def _gathered_prompt(query, key, value, plan: PromptPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
+    text_key, image_key = _gather_packed(key, plan.keys, groups)
+    text_value, image_value = _gather_packed(value, plan.keys, groups)
+    (packed_query,) = _gather_packed(query, FlatRowIndex(plan.queries.rows, plan.queries.grad_rows, [sum(plan.queries.sizes)]))
+    text_size = plan.queries.sizes[0]
+    # two partitions of the packed queries, each one split (one `cat` in the backward)
+    text_branch = packed_query.split([text_size] + [c.stop - c.start for c in plan.text_prefixes], dim=1)
+    image_branch = packed_query.split([c.stop - c.start for c in plan.image_prefixes] + [plan.queries.sizes[2]], dim=1)
+    text_out = _sdpa(text_branch[0], text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)
+    others = attend_prefix_chunks(text_branch[1:], text_key, text_value, plan.text_prefixes, dropout, scaling)
+    non_image = attend_prefix_chunks(image_branch[:-1], image_key, image_value, plan.image_prefixes, dropout, scaling)
+    # prompt pass: the image queries are the image keys, in order
+    both = torch.cat([text_out, *others], dim=1) + torch.cat([*non_image, _own_value_dropped(image_value, dropout)], dim=1)
+    batch, slots, heads, dim = both.shape
+    # every slot is read at most once; the packed groups' unread padding slots get a zero gradient
+    return take_rows(both.reshape(-1, heads * dim), plan.inverse, plan.inverse).view(batch, plan.query_length, heads, dim)
+
+
+def _gathered(query, key, value, plan: GatheredPlan | PromptPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
     """query [batch, query_length, heads, dim], key/value [batch, key_length, kv_heads, dim] -> like query."""
+    if isinstance(plan, PromptPlan):
+        return _gathered_prompt(query, key, value, plan, groups, dropout, scaling)
     text_key, image_key = _gather_packed(key, plan.keys, groups)
     text_value, image_value = _gather_packed(value, plan.keys, groups)
     text_query, other_query = _gather_packed(query, plan.queries)
     (non_image_query,) = _gather_packed(query, plan.non_image_queries)
     if plan.text_causal:
-        text_out = [_sdpa(text_query, text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)]
+        text_out = _sdpa(text_query, text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)
         own_value = image_value  # prompt pass: the image queries are the image keys, in order
     else:
         text_out = _attend(text_query, text_key, text_value, plan.text_masked, dropout, scaling)
         (own_value,) = _gather_packed(value, plan.own_values, groups)
     other_out = _attend(other_query, text_key, text_value, plan.other_masked, dropout, scaling)
     non_image_out = _attend(non_image_query, image_key, image_value, plan.image_masked, dropout, scaling)
-    if dropout > 0.0:  # the one attention weight (1.0) of a single-key softmax, dropped out
-        own_value = own_value * F.dropout(own_value.new_ones(own_value.shape[:3] + (1,)), dropout)
+    own_value = _own_value_dropped(own_value, dropout)
     batch, heads, dim = plan.batch, query.shape[2], query.shape[3]
 
-    def scatter(first: list[torch.Tensor], second: list[torch.Tensor], inverse: torch.Tensor) -> torch.Tensor:
-        zero_row = query.new_zeros((batch, 1, heads, dim))  # read by the positions with no legal key
-        both = torch.cat([*first, *second, zero_row], dim=1).reshape(-1, heads * dim)
+    def scatter(first: torch.Tensor, second: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        zero_row = first.new_zeros((batch, 1, heads, dim))  # read by the positions with no legal key
+        both = torch.cat([first, second, zero_row], dim=1).reshape(-1, heads * dim)
         # every slot is read at most once (the zero rows excepted); unread slots get a zero gradient
         return take_rows(both, inverse, inverse).view(batch, plan.query_length, heads, dim)
 
-    return scatter(text_out, other_out, plan.text_inverse) + scatter(non_image_out, [own_value], plan.image_inverse)
+    return scatter(text_out, other_out, plan.text_inverse) + scatter(non_image_out, own_value, plan.image_inverse)
 
 
 # ---- one plan per forward --------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 In the prompt pass the legal keys of a query in the other branch are a *prefix* of that branch's
 packed keys: an image query in image span j sees the text keys before span j, a text (or padding)
 query sees the image keys before it. Along the packed queries that prefix never shrinks, so the
-rectangle [queries x packed keys] is a staircase. Masking the full rectangle computed about twice
+rectangle [queries x packed keys] is a staircase (two staircases side by side when padding
+queries and image queries share one packed group). Masking the full rectangle computed about twice
 the legal scores on a text-heavy batch (788 image tokens of 2048: two 788 x 1260 rectangles, half
 blocked, beside a 1260-token causal call). Here the packed queries are cut into chunks that each
 attend to the keys up to their largest prefix: where every query of a chunk (in every batch row)
@@ -32,20 +33,22 @@ MERGE_WINDOW = 16
 class PrefixChunk:
     """Packed queries [start, stop) against the first `keys` packed keys of the other branch.
     `bias` [batch, 1, stop - start, keys] (0 legal, finfo.min blocked) only where some query of the
-    chunk sees fewer keys; `keys == 0`: no query of the chunk has a legal key (its output is zeros)."""
+    chunk sees fewer keys; `keys == 0`: no query of the chunk has a legal key (its output is zeros).
+    `keep` [batch, stop - start, 1, 1] where a query of a masked chunk has no legal key at all:
+    multiplies its output (the mean of blocked values) by 0."""
 
     start: int
     stop: int
     keys: int
     bias: torch.Tensor | None
+    keep: torch.Tensor | None = None
 
 
 def key_prefix(selected_keys: torch.Tensor, query_index: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
     """[batch, queries]: how many of the selected key positions lie at or before each packed query
-    (the prompt pass: query and key positions coincide). Slots past a row's count repeat the last
-    valid prefix, so the result never decreases along a row."""
+    (the prompt pass: query and key positions coincide); 0 in the slots past a row's count."""
     through = selected_keys.long().cumsum(dim=1).gather(1, query_index)
-    return torch.where(query_valid, through, 0).cummax(dim=1).values
+    return torch.where(query_valid, through, 0)
 
 
 def _pieces(prefix: torch.Tensor, valid: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
@@ -62,14 +65,15 @@ def _pieces(prefix: torch.Tensor, valid: torch.Tensor) -> tuple[list[int], list[
 
 
 def _merge(bounds: list[int], largest: list[int]) -> list[tuple[int, int]]:
-    """Consecutive runs grouped into chunks, minimising computed pairs + CALL_OVERHEAD_PAIRS per call.
-    The prefix grows along the runs, so a chunk of runs a..b-1 attends to largest[b - 1] keys."""
+    """Consecutive runs grouped into chunks, minimising computed pairs + CALL_OVERHEAD_PAIRS per call;
+    a chunk of runs a..b-1 attends to max(largest[a:b]) keys."""
     count = len(largest)
     best, choice = [0] * (count + 1), [0] * (count + 1)
     for stop in range(1, count + 1):
         options = []
-        for start in range(max(0, stop - MERGE_WINDOW), stop):
-            keys = largest[stop - 1]
+        keys = 0
+        for start in range(stop - 1, max(0, stop - MERGE_WINDOW) - 1, -1):
+            keys = max(keys, largest[start])
             cost = (bounds[stop] - bounds[start]) * keys + (CALL_OVERHEAD_PAIRS if keys else 0)
             options.append((best[start] + cost, start))
         best[stop], choice[stop] = min(options)
@@ -80,19 +84,22 @@ def _merge(bounds: list[int], largest: list[int]) -> list[tuple[int, int]]:
     return groups[::-1]
 
 
-def prefix_chunks(prefix: torch.Tensor, valid: torch.Tensor, dtype) -> list[PrefixChunk]:
-    """The chunks of one rectangle, from `key_prefix`'s [batch, queries]."""
+def prefix_chunks(prefix: torch.Tensor, valid: torch.Tensor, dtype, offset: int = 0) -> list[PrefixChunk]:
+    """The chunks of one rectangle, from `key_prefix`'s [batch, queries]; `offset` is added to their
+    start and stop (the group's place among the packed queries)."""
     if prefix.shape[1] == 0:
         return []
     bounds, largest, smallest = _pieces(prefix, valid)
     chunks = []
     for first, last in _merge(bounds, largest):
-        start, stop, keys = bounds[first], bounds[last], largest[last - 1]
-        bias = None
+        start, stop, keys = bounds[first], bounds[last], max(largest[first:last])
+        bias = keep = None
         if keys and min(smallest[first:last]) < keys:
             allowed = torch.arange(keys, device=prefix.device)[None, None, :] < prefix[:, start:stop, None]
             bias = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]
-        chunks.append(PrefixChunk(start, stop, keys, bias))
+            if min(smallest[first:last]) == 0:
+                keep = (prefix[:, start:stop] > 0).to(dtype)[:, :, None, None]
+        chunks.append(PrefixChunk(start + offset, stop + offset, keys, bias, keep))
     return chunks
 
 
@@ -122,10 +129,10 @@ def key_prefixes(source: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor
     return tuple(source[:, :length] for length in lengths)
 
 
-def attend_prefix_chunks(query, key, value, chunks: list[PrefixChunk], dropout: float, scaling) -> list[torch.Tensor]:
-    """query [batch, queries, heads, dim], key/value [batch, keys, heads, dim] -> one output per chunk
-    (rows whose query has no legal key hold garbage or zeros: the caller never reads them)."""
-    pieces = query.split([chunk.stop - chunk.start for chunk in chunks], dim=1)  # one cat in backward
+def attend_prefix_chunks(pieces, key, value, chunks: list[PrefixChunk], dropout: float, scaling) -> list[torch.Tensor]:
+    """pieces: each chunk's queries [batch, stop - start, heads, dim]; key/value [batch, keys, heads,
+    dim] -> one output per chunk (rows whose query has no legal key hold zeros; padding slots of the
+    packed queries, garbage)."""
     attending = [chunk for chunk in chunks if chunk.keys]
     lengths = [chunk.keys for chunk in attending]
     keys = iter(zip(key_prefixes(key, lengths), key_prefixes(value, lengths)))
@@ -137,5 +144,6 @@ def attend_prefix_chunks(query, key, value, chunks: list[PrefixChunk], dropout: 
         chunk_key, chunk_value = next(keys)
         out = F.scaled_dot_product_attention(rows.transpose(1, 2), chunk_key.transpose(1, 2), chunk_value.transpose(1, 2),
                                              attn_mask=chunk.bias, dropout_p=dropout, scale=scaling)
-        outputs.append(out.transpose(1, 2))
+        out = out.transpose(1, 2)
+        outputs.append(out if chunk.keep is None else out * chunk.keep)
     return outputs
