@@ -240,6 +240,7 @@ def test_key_prefix_chunks_match_masked_rectangles_and_dense(seed, groups, call_
 
     if call_overhead is not None:
         monkeypatch.setattr(mmca_prefix, "CALL_OVERHEAD_PAIRS", call_overhead)
+        monkeypatch.setattr(mmca_prefix, "KEY_PASS_ROWS", call_overhead)
     types = random_layouts(seed)
     if seed == 2:
         types = types.flip(1)  # the other image order: spans moved, padding on the other side
@@ -266,6 +267,7 @@ def test_key_prefix_chunks_are_unmasked_where_every_row_agrees(monkeypatch):
     from dsvl_exp.models import mmca, mmca_prefix
 
     monkeypatch.setattr(mmca_prefix, "CALL_OVERHEAD_PAIRS", 0)
+    monkeypatch.setattr(mmca_prefix, "KEY_PASS_ROWS", 0)
 
     one_row = torch.tensor([[1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1]])
     plan = mmca.gathered_plan(one_row, one_row.shape[1], torch.float32)

@@ -13,7 +13,8 @@ The result is the same softmax over the same legal keys.
 
 Chunk boundaries: every slot where some batch row's prefix grows (one image span, one text
 segment), then adjacent pieces merged when the scores a merge wastes cost less than one more
-call (`CALL_OVERHEAD_PAIRS`, a short dynamic programme over at most `MERGE_WINDOW` pieces).
+call (`CALL_OVERHEAD_PAIRS`, `KEY_PASS_ROWS`; a short dynamic programme over at most
+`MERGE_WINDOW` pieces).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ import torch.nn.functional as F
 # One more SDPA call (its dispatch, the output slice the `cat` copies) costs about as much as this
 # many query-key pairs: at 32 heads of 128 a pair is 16 kFLOP forward, so about 0.1 ms.
 CALL_OVERHEAD_PAIRS = 4096
+# Each call also passes over its keys a few times whatever its query count (the backward's zeroed
+# key and value gradients, adding them into the shared gradient): about as much as this many
+# query rows. Without it, 52-query text segments each took a 1576-key prefix of their own.
+KEY_PASS_ROWS = 16
 MERGE_WINDOW = 16
 
 
@@ -65,7 +70,7 @@ def _pieces(prefix: torch.Tensor, valid: torch.Tensor) -> tuple[list[int], list[
 
 
 def _merge(bounds: list[int], largest: list[int]) -> list[tuple[int, int]]:
-    """Consecutive runs grouped into chunks, minimising computed pairs + CALL_OVERHEAD_PAIRS per call;
+    """Consecutive runs grouped into chunks, minimising computed pairs + the cost of each call;
     a chunk of runs a..b-1 attends to max(largest[a:b]) keys."""
     count = len(largest)
     best, choice = [0] * (count + 1), [0] * (count + 1)
@@ -74,7 +79,7 @@ def _merge(bounds: list[int], largest: list[int]) -> list[tuple[int, int]]:
         keys = 0
         for start in range(stop - 1, max(0, stop - MERGE_WINDOW) - 1, -1):
             keys = max(keys, largest[start])
-            cost = (bounds[stop] - bounds[start]) * keys + (CALL_OVERHEAD_PAIRS if keys else 0)
+            cost = (bounds[stop] - bounds[start] + KEY_PASS_ROWS) * keys + (CALL_OVERHEAD_PAIRS if keys else 0)
             options.append((best[start] + cost, start))
         best[stop], choice[stop] = min(options)
     groups, stop = [], count
