@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 # One more SDPA call (its dispatch, the output slice the `cat` copies) costs about as much as this
-# many query-key pairs: at 32 heads of 128 a pair is 16 kFLOP forward, so about 0.1 ms.
+# many query-key pairs (a guess, not a measurement: at 32 heads of 128 a pair is 16 kFLOP forward,
+# so 4096 pairs are 67 MFLOP, well under a millisecond).
 CALL_OVERHEAD_PAIRS = 4096
 # Each call also passes over its keys a few times whatever its query count (the backward's zeroed
 # key and value gradients, adding them into the shared gradient): about as much as this many
