@@ -12,6 +12,8 @@ Candidates, called in turn in one process:
   masked_squares  the previous `mmca`: both masks rebuilt per call, two SDPA calls over the full square
   mmca            `dsvl_exp.models.mmca` (gathered); its plan is built once per forward and reused by
                   every layer, so the per-call figure excludes it and `plan_ms` reports it
+  mmca_masked     the gathered form with its two cross-branch rectangles masked in full (what `mmca`
+                  ran before models/mmca_prefix.py cut them into key-prefix chunks); plan built once
   mmca_flex       `decoder.attention=mmca_flex` (models/mmca_flex.py): two block-masked FlexAttention
                   calls, compiled (the first call, compile included, is timed apart: `flex_first_call_s`);
                   block masks built once like the plan. FlexAttention has no backward on CPU: fwd+bwd "-"
@@ -99,6 +101,12 @@ def flex_candidate(query, key, value, types, scaling):
     return lambda: flex_mmca(query, key, value, masks, scaling, compiled=True)
 
 
+def masked_rectangles_candidate(query, key, value, types, scaling):
+    plan = mmca_module.gathered_plan(types, query.shape[2], query.dtype, key_prefixes=False)
+    rows = (query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+    return lambda: mmca_module._gathered(*rows, plan, 1, 0.0, scaling)
+
+
 def candidates_for(query, key, value, types, scaling, names=None):
     """The candidates named (default: all but mmca_flex); on a GPU each call waits for its kernels."""
     names = names or DEFAULT_CANDIDATES
@@ -108,6 +116,8 @@ def candidates_for(query, key, value, types, scaling, names=None):
         "masked_squares": lambda: masked_squares(query, key, value, types, scaling),
         "mmca": lambda: mmca_module.mmca_attention_forward(Attn(), query, key, value, None, scaling=scaling, mmca_token_types=types)[0],
     }
+    if "mmca_masked" in names:
+        every["mmca_masked"] = masked_rectangles_candidate(query, key, value, types, scaling)
     if "mmca_flex" in names:
         every["mmca_flex"] = flex_candidate(query, key, value, types, scaling)
     chosen = {name: every[name] for name in names}
@@ -163,7 +173,7 @@ def time_layout(args, length: int, images_per_512: float) -> dict:
         # the same function, other arithmetic: against masked_squares when it runs, else mmca_flex against mmca
         expected = check if "masked_squares" in candidates else None
         errors = {}
-        for name in ("mmca", "mmca_flex"):
+        for name in ("mmca", "mmca_masked", "mmca_flex"):
             if name in candidates:
                 start = time.perf_counter()
                 out = candidates[name]()
@@ -226,7 +236,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda[:N]")
-    parser.add_argument("--candidates", nargs="+", choices=[*DEFAULT_CANDIDATES, "mmca_flex"], default=None,
+    parser.add_argument("--candidates", nargs="+", choices=[*DEFAULT_CANDIDATES, "mmca_masked", "mmca_flex"], default=None,
                         help="default: all but mmca_flex (on a GPU at 8192 positions reference_style's row loop takes minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()

@@ -199,3 +199,101 @@ def test_gathered_gradients_match_dense_masks(types):
     grad = torch.randn(gathered.shape, generator=g)
     for ours, expected in zip(torch.autograd.grad(gathered, leaves, grad), torch.autograd.grad(dense, leaves, grad)):
         assert (ours - expected).abs().max().item() <= 1e-5
+
+
+# ---- the prompt pass's cross-branch rectangles as key-prefix chunks (models/mmca_prefix.py) ----------
+
+
+def random_layouts(seed, batch=4, length=40):
+    """Rows of text with image spans of random lengths, some left-padded, some right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for row in range(batch):
+        types = []
+        while len(types) < length:
+            kind = IMAGE if torch.rand((), generator=g) < 0.4 else TEXT
+            types += [kind] * int(torch.randint(1, 7, (), generator=g))
+        types = types[:length]
+        pad = int(torch.randint(0, 6, (), generator=g))
+        types = [PAD] * pad + types[:length - pad] if row % 2 else types[:length - pad] + [PAD] * pad
+        rows.append(types)
+    return torch.tensor(rows)
+
+
+def gathered_both_ways(leaves, types, groups):
+    """The gathered form with key-prefix chunks and with the rectangles masked in full."""
+    from dsvl_exp.models import mmca
+
+    rows = [leaf.transpose(1, 2) for leaf in leaves]
+    return [mmca._gathered(*rows, mmca.gathered_plan(types, types.shape[1], torch.float32, key_prefixes=prefixes),
+                           groups, 0.0, 8**-0.5) for prefixes in (True, False)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("groups", [1, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("call_overhead", [0, None], ids=["many_chunks", "merged_chunks"])
+def test_key_prefix_chunks_match_masked_rectangles_and_dense(seed, groups, call_overhead, monkeypatch):
+    """Batch rows with different layouts (images first or last, both paddings), forward and backward;
+    chunks cut at every prefix change (unmasked where the rows agree) or merged (masked, some rows
+    with no legal key)."""
+    from dsvl_exp.models import mmca_prefix
+
+    if call_overhead is not None:
+        monkeypatch.setattr(mmca_prefix, "CALL_OVERHEAD_PAIRS", call_overhead)
+        monkeypatch.setattr(mmca_prefix, "KEY_PASS_ROWS", call_overhead)
+    types = random_layouts(seed)
+    if seed == 2:
+        types = types.flip(1)  # the other image order: spans moved, padding on the other side
+    batch, length = types.shape
+    g = torch.Generator().manual_seed(seed)
+    leaves = [torch.randn(batch, heads, length, 8, generator=g).requires_grad_() for heads in (4, 4 // groups, 4 // groups)]
+    chunked, masked = gathered_both_ways(leaves, types, groups)
+    repeat = [leaves[0]] + [leaf.repeat_interleave(groups, dim=1) for leaf in leaves[1:]]
+    dense = dense_mmca(*repeat, types)
+    assert chunked.shape == masked.shape == dense.shape == (batch, length, 4, 8)
+    assert (chunked - masked).abs().max().item() <= 1e-5
+    assert (chunked - dense).abs().max().item() <= 1e-5
+    grad = torch.randn(chunked.shape, generator=g)
+    for ours, before, expected in zip(torch.autograd.grad(chunked, leaves, grad), torch.autograd.grad(masked, leaves, grad),
+                                      torch.autograd.grad(dense, leaves, grad)):
+        assert (ours - before).abs().max().item() <= 1e-5
+        assert (ours - expected).abs().max().item() <= 1e-5
+
+
+def test_key_prefix_chunks_are_unmasked_where_every_row_agrees(monkeypatch):
+    """One row, three image spans of 3 after text gaps of 2: each span attends, unmasked, to the text
+    before it (2, 4, 6 keys); the text segments to the image tokens before them (0, 3, 6, 9). With
+    no cost per call nothing is merged; with the default cost these tiny chunks merge."""
+    from dsvl_exp.models import mmca, mmca_prefix
+
+    monkeypatch.setattr(mmca_prefix, "CALL_OVERHEAD_PAIRS", 0)
+    monkeypatch.setattr(mmca_prefix, "KEY_PASS_ROWS", 0)
+
+    one_row = torch.tensor([[1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1]])
+    plan = mmca.gathered_plan(one_row, one_row.shape[1], torch.float32)
+    assert plan.queries.sizes == [8, 0, 9]  # packed as text, padding, image
+    # the image queries (slots 8..16) x the text keys; the text queries (slots 0..7) x the image keys
+    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.text_prefixes] == [(8, 11, 2, None), (11, 14, 4, None), (14, 17, 6, None)]
+    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.image_prefixes] == [
+        (0, 2, 0, None), (2, 4, 3, None), (4, 6, 6, None), (6, 8, 9, None)]
+    # a second row with its images later: the chunks over both rows carry a mask where the rows differ
+    two_rows = torch.cat([one_row, torch.tensor([[1, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 2, 2, 2, 1]])])
+    plan = mmca.gathered_plan(two_rows, two_rows.shape[1], torch.float32)
+    masked = [c for c in plan.text_prefixes + plan.image_prefixes if c.bias is not None]
+    assert masked and all(c.bias.shape == (2, 1, c.stop - c.start, c.keys) for c in masked)
+    assert plan.text_prefixes[0].keys == 3  # the second row's first span sees 3 text tokens
+    # right padding: its queries see every text key, and take the slots between text and image
+    padded = torch.tensor([[1, 1, 2, 2, 1, 0, 0]])
+    plan = mmca.gathered_plan(padded, padded.shape[1], torch.float32)
+    assert plan.queries.sizes == [3, 2, 2]
+    assert [(c.start, c.stop, c.keys, c.bias) for c in plan.text_prefixes] == [(3, 5, 3, None), (5, 7, 2, None)]
+
+
+def test_key_prefix_chunks_with_dropout_keep_the_shape_and_gradient():
+    types = random_layouts(3)
+    leaves = [torch.randn(types.shape[0], 4, types.shape[1], 8).requires_grad_() for _ in range(3)]
+    torch.manual_seed(0)
+    out, _ = mmca_attention_forward(torch.nn.Module(), *leaves, None, dropout=0.5, scaling=8**-0.5, mmca_token_types=types)
+    assert out.shape == (types.shape[0], types.shape[1], 4, 8) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0 for leaf in leaves)

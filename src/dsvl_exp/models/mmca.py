@@ -12,8 +12,11 @@ it down to this function. Each query attends with two separate softmaxes, summed
 `mmca`: a query with no legal key in a branch gets nothing from that branch. It gathers each
 branch's legal keys instead of masking a full [query, key] square twice: text queries against the
 text keys are plain causal attention once both are packed (the k-th text token sees text tokens
-0..k), other queries use a small mask, and an image query's image branch is its own value. At
-2048 tokens this took 0.29x the time of two masked squares, 1.08x one causal SDPA call (BENCHMARKS.md).
+0..k), and an image query's image branch is its own value. At 2048 tokens this took 0.29x the time
+of two masked squares, 1.08x one causal SDPA call (BENCHMARKS.md). The two cross-branch
+rectangles (image and padding queries x text keys, text and padding queries x image keys) run, in
+the prompt pass, as a few calls over key prefixes (models/mmca_prefix.py): each query's legal keys
+there are a prefix of the other branch's packed keys; a decoding step masks them.
 
 `mmca_legacy` reproduces the reference's additive masks bit for bit: there a row with no legal
 key ends up a near-uniform distribution over the keys blocked by only one of its two masks
@@ -34,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
+
+from .mmca_prefix import PrefixChunk, attend_prefix_chunks, key_prefix, prefix_chunks
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +173,7 @@ def _packed_key_mask(queries: PackedPositions, keys: PackedPositions, offset: in
 
 
 def _inverse(selected: torch.Tensor, first: PackedPositions, second: PackedPositions,
-             first_mask: PackedKeyMask | None, second_mask: PackedKeyMask | None) -> torch.Tensor:
+             first_has_key: torch.Tensor | None, second_has_key: torch.Tensor | None) -> torch.Tensor:
     """Each position's row in cat(first's slots, second's slots, one zero row), per batch row. A
     position whose query has no legal key reads the zero row: that replaces multiplying each
     masked output by its has-key flags (5 % of the forward at 2048 tokens, 788 of them image)."""
@@ -176,14 +181,57 @@ def _inverse(selected: torch.Tensor, first: PackedPositions, second: PackedPosit
     width = first.size + second.size + 1
     slot = torch.where(selected, first.rank, first.size + second.rank)
     has_key = torch.ones_like(selected)
-    for members, group, mask in ((selected, first, first_mask), (~selected, second, second_mask)):
-        if mask is not None and group.size > 0:
-            has_key &= ~members | mask.has_key.gather(1, group.rank.clamp(min=0))
+    for members, group, group_has_key in ((selected, first, first_has_key), (~selected, second, second_has_key)):
+        if group_has_key is not None and group.size > 0:
+            has_key &= ~members | group_has_key.gather(1, group.rank.clamp(min=0))
     slot = torch.where(has_key, slot, width - 1)
     return (slot + torch.arange(batch, device=slot.device)[:, None] * width).reshape(-1)
 
 
-def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> GatheredPlan:
+@dataclass
+class PromptPlan:
+    """The prompt pass with the cross-branch rectangles as key-prefix chunks (models/mmca_prefix.py).
+    The queries are packed once as [text | padding | image]: the text branch's outputs (text causal,
+    then padding and image queries x text-key prefixes) and the image branch's (text and padding
+    queries x image-key prefixes, then the image queries' own values) fill the same slots, so the
+    two are added there and moved back to their positions by one `take_rows`."""
+
+    batch: int
+    query_length: int
+    keys: FlatRowIndex  # text keys, then image keys: the same positions as the text and image queries
+    queries: FlatRowIndex  # text, padding, image
+    text_prefixes: list[PrefixChunk]  # padding and image queries (slots from the text count on) x text keys
+    image_prefixes: list[PrefixChunk]  # text and padding queries (slots from 0) x image keys
+    inverse: torch.Tensor  # [batch * length]: each position's slot among the packed queries
+
+
+def prompt_plan(token_types: torch.Tensor, dtype) -> PromptPlan:
+    batch, length = token_types.shape
+    is_text, is_image, is_pad = token_types == TEXT, token_types == IMAGE, token_types == PAD
+    text, pad, image = _pack_positions(is_text), _pack_positions(is_pad), _pack_positions(is_image)
+
+    def prefixes(first: PackedPositions, second: PackedPositions, keys: torch.Tensor, offset: int):
+        index, valid = torch.cat([first.index, second.index], dim=1), torch.cat([first.valid, second.valid], dim=1)
+        return prefix_chunks(key_prefix(keys, index, valid), valid, dtype, offset)
+
+    slot = torch.where(is_text, text.rank, torch.where(is_pad, text.size + pad.rank, text.size + pad.size + image.rank))
+    width = text.size + pad.size + image.size
+    return PromptPlan(
+        batch=batch,
+        query_length=length,
+        keys=_flat_row_index([text, image], length),
+        queries=_flat_row_index([text, pad, image], length),
+        text_prefixes=prefixes(pad, image, is_text, text.size),
+        image_prefixes=prefixes(text, pad, is_image, 0),
+        inverse=(slot + torch.arange(batch, device=slot.device)[:, None] * width).reshape(-1),
+    )
+
+
+def gathered_plan(token_types: torch.Tensor, query_length: int, dtype, key_prefixes: bool = True) -> GatheredPlan | PromptPlan:
+    """`key_prefixes=False`: the prompt pass's cross-branch rectangles masked in full (the form
+    before models/mmca_prefix.py, kept for the side-by-side benchmark and the tests)."""
+    if key_prefixes and query_length == token_types.shape[1]:
+        return prompt_plan(token_types, dtype)
     batch, key_length = token_types.shape
     offset = key_length - query_length
     query_types = token_types[:, offset:]
@@ -195,6 +243,7 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
     text_masked = None if text_causal else _packed_key_mask(text_queries, text_keys, offset, dtype)
     other_masked = _packed_key_mask(other_queries, text_keys, offset, dtype)
     image_masked = _packed_key_mask(non_image_queries, image_keys, offset, dtype)
+    other_has_key, image_has_key = other_masked.has_key, image_masked.has_key
     return GatheredPlan(
         batch=batch,
         query_length=query_length,
@@ -206,8 +255,9 @@ def gathered_plan(token_types: torch.Tensor, query_length: int, dtype) -> Gather
         text_masked=text_masked,
         other_masked=other_masked,
         image_masked=image_masked,
-        text_inverse=_inverse(is_text, text_queries, other_queries, text_masked, other_masked),
-        image_inverse=_inverse(~is_image, non_image_queries, image_queries, image_masked, None),
+        text_inverse=_inverse(is_text, text_queries, other_queries,
+                              None if text_masked is None else text_masked.has_key, other_has_key),
+        image_inverse=_inverse(~is_image, non_image_queries, image_queries, image_has_key, None),
     )
 
 
@@ -235,8 +285,34 @@ def _attend(query, key, value, part: PackedKeyMask, dropout: float, scaling) -> 
     return _sdpa(query, key, value, attn_mask=part.bias, dropout_p=dropout, scale=scaling)
 
 
-def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
+def _own_value_dropped(own_value: torch.Tensor, dropout: float) -> torch.Tensor:
+    if dropout > 0.0:  # the one attention weight (1.0) of a single-key softmax, dropped out
+        return own_value * F.dropout(own_value.new_ones(own_value.shape[:3] + (1,)), dropout)
+    return own_value
+
+
+def _gathered_prompt(query, key, value, plan: PromptPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
+    text_key, image_key = _gather_packed(key, plan.keys, groups)
+    text_value, image_value = _gather_packed(value, plan.keys, groups)
+    (packed_query,) = _gather_packed(query, FlatRowIndex(plan.queries.rows, plan.queries.grad_rows, [sum(plan.queries.sizes)]))
+    text_size = plan.queries.sizes[0]
+    # two partitions of the packed queries, each one split (one `cat` in the backward)
+    text_branch = packed_query.split([text_size] + [c.stop - c.start for c in plan.text_prefixes], dim=1)
+    image_branch = packed_query.split([c.stop - c.start for c in plan.image_prefixes] + [plan.queries.sizes[2]], dim=1)
+    text_out = _sdpa(text_branch[0], text_key, text_value, dropout_p=dropout, is_causal=True, scale=scaling)
+    others = attend_prefix_chunks(text_branch[1:], text_key, text_value, plan.text_prefixes, dropout, scaling)
+    non_image = attend_prefix_chunks(image_branch[:-1], image_key, image_value, plan.image_prefixes, dropout, scaling)
+    # prompt pass: the image queries are the image keys, in order
+    both = torch.cat([text_out, *others], dim=1) + torch.cat([*non_image, _own_value_dropped(image_value, dropout)], dim=1)
+    batch, slots, heads, dim = both.shape
+    # every slot is read at most once; the packed groups' unread padding slots get a zero gradient
+    return take_rows(both.reshape(-1, heads * dim), plan.inverse, plan.inverse).view(batch, plan.query_length, heads, dim)
+
+
+def _gathered(query, key, value, plan: GatheredPlan | PromptPlan, groups: int, dropout: float, scaling) -> torch.Tensor:
     """query [batch, query_length, heads, dim], key/value [batch, key_length, kv_heads, dim] -> like query."""
+    if isinstance(plan, PromptPlan):
+        return _gathered_prompt(query, key, value, plan, groups, dropout, scaling)
     text_key, image_key = _gather_packed(key, plan.keys, groups)
     text_value, image_value = _gather_packed(value, plan.keys, groups)
     text_query, other_query = _gather_packed(query, plan.queries)
@@ -249,8 +325,7 @@ def _gathered(query, key, value, plan: GatheredPlan, groups: int, dropout: float
         (own_value,) = _gather_packed(value, plan.own_values, groups)
     other_out = _attend(other_query, text_key, text_value, plan.other_masked, dropout, scaling)
     non_image_out = _attend(non_image_query, image_key, image_value, plan.image_masked, dropout, scaling)
-    if dropout > 0.0:  # the one attention weight (1.0) of a single-key softmax, dropped out
-        own_value = own_value * F.dropout(own_value.new_ones(own_value.shape[:3] + (1,)), dropout)
+    own_value = _own_value_dropped(own_value, dropout)
     batch, heads, dim = plan.batch, query.shape[2], query.shape[3]
 
     def scatter(first: torch.Tensor, second: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:

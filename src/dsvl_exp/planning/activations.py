@@ -114,6 +114,8 @@ def _fake_plan(fake_mode, types: torch.Tensor, dtype):
     def convert(value):
         if isinstance(value, torch.Tensor):
             return fake_mode.from_tensor(value)
+        if isinstance(value, list):  # the key-prefix chunks (models/mmca_prefix.py)
+            return [convert(item) for item in value]
         if dataclasses.is_dataclass(value):
             return dataclasses.replace(value, **{f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)})
         return value
