@@ -26,7 +26,7 @@ GOLDEN_DIR = REPO / "tests" / "golden"
 RUNS = {
     "smoke": ["experiment=smoke", "train.progress_bar=false"],
     "accuracy": ["experiment=smoke", "train.progress_bar=false", "train.max_steps=60", "optim.lr=3e-3",
-                 "optim.scheduler=constant", "eval.every_n_steps=30", "checkpoint.export=false"],
+                 "optim.scheduler.name=constant", "eval.every_n_steps=30", "checkpoint.export=false"],
 }
 KEYS = ("train/loss", "eval/loss", "eval/accuracy")
 

@@ -37,11 +37,13 @@ def test_wheel_install_runs_experiment_smoke_from_any_directory(tmp_path):
     python = venv / "bin" / "python"
     purelib = Path(run_cli([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).stdout.strip())
     (purelib / "_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run_cli([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], cwd=tmp_path)
+    # Without this checkout's src/ on PYTHONPATH (subprocess_env's default): pip would take the
+    # package for installed already and skip the wheel.
+    env = subprocess_env(drop=("PYTHONPATH", "DSVL_EXPERIMENTS_DIR"))
+    run_cli([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], cwd=tmp_path, env=env)
 
     anywhere = tmp_path / "anywhere"
     anywhere.mkdir()
-    env = subprocess_env(drop=("PYTHONPATH", "DSVL_EXPERIMENTS_DIR"))
     located = run_cli([python, "-c", "import dsvl_exp; print(dsvl_exp.__file__)"], cwd=anywhere, env=env).stdout
     assert located.startswith(str(purelib)), located
     help_text = run_cli([venv / "bin" / "dsvl-train", "--help"], cwd=anywhere, env=env).stdout
