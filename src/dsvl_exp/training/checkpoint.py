@@ -86,9 +86,21 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---- writing -----------------------------------------------------------------------------------
+def local_weights(param: torch.Tensor) -> torch.Tensor:
+    """This rank's real elements of a parameter. ZeRO-3 keeps a partition of ceil(numel / ranks)
+    elements per rank (`ds_tensor`); the last ranks' are padded past the parameter's end with
+    memory DeepSpeed never writes, which may hold NaN and must not count."""
+    partition = getattr(param, "ds_tensor", None)
+    if partition is None:
+        return param
+    size = partition.numel()
+    real = max(0, min(size, param.ds_numel - distributed.rank() * size))
+    return partition.narrow(0, 0, real)
+
+
 def parameters_finite(engine) -> bool:
     """Every rank's (partition of the) weights finite: a NaN model is never saved."""
-    local = [getattr(param, "ds_tensor", param) for param in engine.module.parameters()]  # ZeRO-3: this rank's partition
+    local = [local_weights(param) for param in engine.module.parameters()]
     flags = [torch.isfinite(tensor.detach()).all() for tensor in local if tensor.numel()]
     bad = 0.0 if not flags or bool(torch.stack(flags).all()) else 1.0  # one host read, not one per parameter
     if distributed.world_size() > 1:
